@@ -1,0 +1,333 @@
+"""Input validation with actionable errors, and sparse-until-the-minibatch loading."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from torch.utils.data import DataLoader, Sampler
+
+REGISTRY_KEY = "_gmmvae"
+_CHUNK = 10_000  # rows checked at a time, so that validating dense data allocates little
+
+
+class GMMVAEInputError(ValueError):
+    """Raised for input that gmmvae cannot use; the message says how to fix it."""
+
+
+class MissingKeyError(GMMVAEInputError, KeyError):
+    """Raised when an obs column, layer or gene that was asked for does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+# ------------------------------------------------------------------------------ validation
+def ensure_actual(adata: AnnData) -> None:
+    """Turn a view into an actual AnnData in place (with a warning), as scanpy does."""
+    if adata.is_view:
+        warnings.warn(
+            "adata is a view; gmmvae writes results into it, so it was copied into an actual "
+            "AnnData in place. Pass adata.copy() to silence this warning.",
+            UserWarning,
+            stacklevel=3,
+        )
+        adata._init_as_actual(adata.copy())
+
+
+def check_obs_key(adata: AnnData, key: str, role: str) -> None:
+    """Raise a :class:`MissingKeyError` naming the closest existing column."""
+    if key in adata.obs.columns:
+        return
+    columns = [str(c) for c in adata.obs.columns]
+    close = difflib.get_close_matches(str(key), columns, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    msg = f"{role} {key!r} is not a column of adata.obs; columns are {columns}.{hint}"
+    raise MissingKeyError(msg)
+
+
+def get_matrix(adata: AnnData, layer: str | None) -> Any:
+    """``adata.layers[layer]`` or ``adata.X``, sparse or dense, without copying."""
+    if layer is None:
+        if adata.X is None:
+            raise GMMVAEInputError("adata.X is empty; pass layer= naming the layer with the data.")
+        return adata.X
+    if layer not in adata.layers:
+        msg = (
+            f"layer {layer!r} is not in adata.layers; layers are {list(adata.layers)}. "
+            "Pass layer=None to use adata.X."
+        )
+        raise MissingKeyError(msg)
+    return adata.layers[layer]
+
+
+def _row_chunks(matrix: Any) -> Iterator[np.ndarray]:
+    if sparse.issparse(matrix):
+        yield np.asarray(matrix.data)
+        return
+    for start in range(0, matrix.shape[0], _CHUNK):
+        yield np.asarray(matrix[start : start + _CHUNK])
+
+
+def check_values(matrix: Any, *, counts: bool, where: str) -> None:
+    """Refuse NaN/inf always, and negative or non-integer values when ``counts`` is true."""
+    for chunk in _row_chunks(matrix):
+        if not np.issubdtype(chunk.dtype, np.number):
+            raise GMMVAEInputError(f"{where} has dtype {chunk.dtype}; expected numbers.")
+        if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
+            raise GMMVAEInputError(
+                f"{where} contains NaN or infinite values; remove or impute them first "
+                "(e.g. np.nan_to_num) and check how the matrix was produced."
+            )
+        if not counts:
+            continue
+        if (chunk < 0).any():
+            raise GMMVAEInputError(
+                f"{where} has negative values, but a count likelihood needs raw counts. Pass "
+                "layer= naming the raw-count layer, or use likelihood='gaussian' for log data."
+            )
+        if np.issubdtype(chunk.dtype, np.floating) and (chunk != np.round(chunk)).any():
+            raise GMMVAEInputError(
+                f"{where} has non-integer values, but a count likelihood needs raw counts. Pass "
+                "layer= naming the raw-count layer (e.g. layer='counts'), or use "
+                "likelihood='gaussian' for log-normalised data."
+            )
+
+
+def _categories(values: pd.Series) -> list[str]:
+    if values.isna().any():
+        raise GMMVAEInputError(
+            f"obs column {values.name!r} has {int(values.isna().sum())} missing (NaN) values; "
+            "fill them (e.g. with the unlabeled category) before setup_anndata."
+        )
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        used = set(values.astype(str))
+        return [str(c) for c in values.cat.categories if str(c) in used]
+    return sorted(set(values.astype(str)))
+
+
+def setup_anndata(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    labels_key: str | None = None,
+    condition_key: str | None = None,
+    batch_key: str | None = None,
+    unlabeled_category: str = "Unknown",
+) -> None:
+    """Validate ``adata`` and record which fields gmmvae uses in ``adata.uns['_gmmvae']``."""
+    ensure_actual(adata)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise GMMVAEInputError(f"adata has shape {adata.shape}; gmmvae needs cells and genes.")
+    if not adata.obs_names.is_unique:
+        raise GMMVAEInputError(
+            "adata.obs_names are not unique; call adata.obs_names_make_unique()."
+        )
+    if not adata.var_names.is_unique:
+        raise GMMVAEInputError(
+            "adata.var_names are not unique; call adata.var_names_make_unique()."
+        )
+    matrix = get_matrix(adata, layer)
+    check_values(matrix, counts=False, where=describe_matrix(layer))
+    registry: dict[str, Any] = {
+        "layer": layer,
+        "labels_key": labels_key,
+        "condition_key": condition_key,
+        "batch_key": batch_key,
+        "unlabeled_category": unlabeled_category,
+    }
+    for key, role in ((labels_key, "labels_key"), (condition_key, "condition_key")):
+        if key is not None:
+            check_obs_key(adata, key, role)
+    if batch_key is not None:
+        check_obs_key(adata, batch_key, "batch_key")
+    if labels_key is not None:
+        labels = [c for c in _categories(adata.obs[labels_key]) if c != unlabeled_category]
+        if len(labels) < 2:
+            msg = (
+                f"labels_key {labels_key!r} has {len(labels)} label(s) besides "
+                f"unlabeled_category={unlabeled_category!r}: {labels}. Classification needs at "
+                "least two; for clustering without labels pass labels_key=None."
+            )
+            raise GMMVAEInputError(msg)
+        registry["labels"] = labels
+    if condition_key is not None:
+        registry["conditions"] = _categories(adata.obs[condition_key])
+    if batch_key is not None:
+        registry["batches"] = _categories(adata.obs[batch_key])
+    adata.uns[REGISTRY_KEY] = registry
+
+
+def describe_matrix(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def get_registry(adata: AnnData) -> dict[str, Any]:
+    if REGISTRY_KEY not in adata.uns:
+        raise GMMVAEInputError(
+            "adata was not set up; call gmmvae.GMMVAE.setup_anndata(adata, ...) first."
+        )
+    return adata.uns[REGISTRY_KEY]
+
+
+def encode(
+    adata: AnnData, key: str | None, categories: Sequence[str], role: str, *, missing: str | None
+) -> np.ndarray:
+    """Integer codes of ``adata.obs[key]`` in ``categories``; ``missing`` maps to -1.
+
+    Values outside ``categories`` (other than ``missing``) raise an error listing the known ones.
+    """
+    if key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    check_obs_key(adata, key, role)
+    values = adata.obs[key].astype(str).to_numpy()
+    lookup = {c: i for i, c in enumerate(categories)}
+    if missing is not None:
+        lookup[missing] = -1
+    unknown = sorted(set(values) - set(lookup))
+    if unknown:
+        msg = (
+            f"obs[{key!r}] ({role}) has categories the model does not know: {unknown[:10]}; "
+            f"known ones are {list(categories)}."
+        )
+        raise GMMVAEInputError(msg)
+    return np.array([lookup[v] for v in values], dtype=np.int64)
+
+
+def align_genes(adata: AnnData, gene_names: Sequence[str]) -> np.ndarray | None:
+    """Column indices that put ``adata``'s genes in the model's order; ``None`` if already so."""
+    var_names = adata.var_names
+    if len(var_names) == len(gene_names) and (var_names == pd.Index(gene_names)).all():
+        return None
+    position = pd.Index(var_names).get_indexer(list(gene_names))
+    if (position < 0).any():
+        missing = [g for g, p in zip(gene_names, position, strict=True) if p < 0]
+        msg = (
+            f"adata lacks {len(missing)} of the model's {len(gene_names)} genes, e.g. "
+            f"{missing[:10]}. Subset or reindex adata to the genes the model was trained on "
+            "(model.gene_names), filling absent genes with zeros if that is appropriate."
+        )
+        raise GMMVAEInputError(msg)
+    return position
+
+
+# --------------------------------------------------------------------------------- loading
+class CellData(torch.utils.data.Dataset):
+    """Cells of a (sparse or dense) matrix plus integer covariates; densified per minibatch."""
+
+    def __init__(
+        self,
+        matrix: Any,
+        labels: np.ndarray,
+        conditions: np.ndarray,
+        batches: np.ndarray,
+        gene_index: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        if sparse.issparse(matrix) and not isinstance(matrix, sparse.csr_matrix | sparse.csr_array):
+            matrix = sparse.csr_matrix(matrix)  # row slicing needs CSR
+        self.matrix = matrix
+        self.gene_index = gene_index
+        self.rows = np.arange(matrix.shape[0]) if rows is None else np.asarray(rows)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.conditions = torch.as_tensor(conditions, dtype=torch.long)
+        self.batches = torch.as_tensor(batches, dtype=torch.long)
+
+    def subset(self, positions: np.ndarray) -> CellData:
+        """The cells at ``positions``, sharing the matrix (no copy of the data)."""
+        return CellData(
+            self.matrix,
+            self.labels[positions].numpy(),
+            self.conditions[positions].numpy(),
+            self.batches[positions].numpy(),
+            gene_index=self.gene_index,
+            rows=self.rows[positions],
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = np.asarray(index)
+        rows = self.matrix[self.rows[index]]
+        rows = rows.toarray() if sparse.issparse(rows) else np.asarray(rows)
+        if self.gene_index is not None:
+            rows = rows[:, self.gene_index]
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)),
+            "label": self.labels[index],
+            "condition": self.conditions[index],
+            "batch": self.batches[index],
+        }
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Minibatches of indices in which labelled cells appear in every batch.
+
+    With few labels (say 1 %), uniform batches would hold two or three labelled cells; here each
+    batch gets ``max(ceil(batch_size * fraction), batch_size // 8)`` labelled cells, cycling over
+    a fresh permutation of them, and the rest unlabelled. Without labels, or with all cells
+    labelled, it is plain shuffled batching. Each epoch reshuffles from ``seed`` + epoch.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        self.labelled = np.flatnonzero(labels >= 0)
+        self.unlabelled = np.flatnonzero(labels < 0)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        n = len(labels)
+        self.mixed = 0 < len(self.labelled) < n
+        if self.mixed:
+            share = max(math.ceil(batch_size * len(self.labelled) / n), batch_size // 8, 1)
+            self.n_labelled_per_batch = min(share, len(self.labelled), batch_size - 1)
+            per_batch = batch_size - self.n_labelled_per_batch
+            self.n_batches = math.ceil(len(self.unlabelled) / per_batch)
+        else:
+            self.n_batches = math.ceil(n / batch_size)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation if self.shuffle else np.asarray
+        if not self.mixed:
+            idx = order(np.arange(len(self.labelled) + len(self.unlabelled)))
+            for start in range(0, len(idx), self.batch_size):
+                yield idx[start : start + self.batch_size].tolist()
+            return
+        unlabelled = order(self.unlabelled)
+        per_batch = self.batch_size - self.n_labelled_per_batch
+        n_needed = self.n_batches * self.n_labelled_per_batch
+        reps = math.ceil(n_needed / len(self.labelled))
+        labelled = np.concatenate([order(self.labelled) for _ in range(reps)])
+        for b in range(self.n_batches):
+            u = unlabelled[b * per_batch : (b + 1) * per_batch]
+            lab = labelled[b * self.n_labelled_per_batch : (b + 1) * self.n_labelled_per_batch]
+            yield np.concatenate([u, lab]).tolist()
+
+
+def make_loader(data: CellData, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """DataLoader that slices whole minibatches at once (one sparse slice per batch)."""
+    if shuffle:
+        sampler: Sampler = MixedBatchSampler(
+            data.labels.numpy(), batch_size, shuffle=True, seed=seed
+        )
+    else:
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.SequentialSampler(data), batch_size, drop_last=False
+        )
+    return DataLoader(data, sampler=sampler, batch_size=None)

@@ -1,0 +1,269 @@
+"""Lightning training plan (loss, KL warm-up, optimiser, logging) and trainer set-up."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
+from tqdm.auto import tqdm
+
+from gmmvae.module import GMMVAEModule, LossOutput
+
+
+def kl_warmup_weight(epoch: int, n_epochs_warmup: int | None) -> float:
+    """Linear KL annealing from 0 to 1 over ``n_epochs_warmup`` epochs (1 when disabled)."""
+    if not n_epochs_warmup:
+        return 1.0
+    return min(1.0, epoch / n_epochs_warmup)
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Fewer passes over larger data, as scvi-tools does: 400 up to 20k cells, then ~ 1/n."""
+    return int(max(min(round(20_000 / max(n_cells, 1) * 400), 400), 10))
+
+
+class TrainingPlan(pl.LightningModule):
+    """Optimises a :class:`GMMVAEModule`; logs every loss term per epoch.
+
+    Parameters
+    ----------
+    module
+        The torch module to train.
+    lr
+        Adam learning rate.
+    weight_decay
+        Adam weight decay.
+    n_epochs_kl_warmup
+        Epochs over which the KL weight rises linearly from 0 to 1.
+    """
+
+    def __init__(
+        self,
+        module: GMMVAEModule,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        n_epochs_kl_warmup: int | None = 20,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.n_epochs_kl_warmup = n_epochs_kl_warmup
+        # True until MixtureInitialisation places the components (plain-VAE pre-training).
+        self.pretraining = False
+
+    @property
+    def kl_weight(self) -> float:
+        return kl_warmup_weight(self.current_epoch, self.n_epochs_kl_warmup)
+
+    def _log_terms(self, out: LossOutput, prefix: str, batch_size: int) -> None:
+        self.log(f"{prefix}_loss", out.loss, on_epoch=True, on_step=False, batch_size=batch_size)
+        for name, value in out.terms.items():
+            self.log(
+                f"{prefix}_{name}",
+                value.mean(),
+                on_epoch=True,
+                on_step=False,
+                batch_size=batch_size,
+            )
+
+    def _check_finite(self, out: LossOutput, stage: str) -> None:
+        if torch.isfinite(out.loss):
+            return
+        bad = [name for name, v in out.terms.items() if not torch.isfinite(v).all()]
+        msg = (
+            f"{stage} loss became non-finite at epoch {self.current_epoch} (terms: "
+            f"{bad or ['classification']}). Training stopped before saving anything. Lower the "
+            "learning rate (train(lr=...)), check the data for extreme values, or use a "
+            "likelihood that matches the data (counts: 'nb'; log data: 'gaussian')."
+        )
+        raise FloatingPointError(msg)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.module(batch, kl_weight=self.kl_weight, pretrain=self.pretraining)
+        self._check_finite(out, "training")
+        self._log_terms(out, "train", len(batch["x"]))
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Full ELBO (KL weight 1) so that early stopping compares like with like across epochs.
+        out = self.module(batch, kl_weight=1.0, pretrain=self.pretraining)
+        self._check_finite(out, "validation")
+        self._log_terms(out, "validation", len(batch["x"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, eps=0.01)
+
+
+def _latent_of(module: GMMVAEModule, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and labels of every cell in ``loader``, in eval mode."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    latent, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = module.posterior(batch["x"].to(device), batch["condition"].to(device))
+            latent.append(out["latent"].cpu().numpy())
+            labels.append(batch["label"].numpy())
+    module.train(was_training)
+    return np.concatenate(latent), np.concatenate(labels)
+
+
+def initial_mixture(
+    latent: np.ndarray, labels: np.ndarray, n_components: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Component means and log-variances (K, d) from cells' latent positions.
+
+    Labelled components start at the mean of their labelled cells; the others at the k-means
+    centres farthest from those (all k-means centres when there are no labels).
+    """
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_components, n_init=3, random_state=seed).fit(latent)
+    means, logvars = [], []
+    floor = 1e-3 * latent.var(0).mean() + 1e-6
+    for k in range(n_components):
+        cells = latent[labels == k]
+        if len(cells) >= 2:
+            means.append(cells.mean(0))
+            logvars.append(np.log(cells.var(0) + floor))
+    centres = km.cluster_centers_
+    if means:  # free components: the centres least explained by labelled components
+        dist = ((centres[:, None, :] - np.array(means)[None]) ** 2).sum(-1).min(1)
+        centres = centres[np.argsort(-dist)]
+    for centre in centres[: n_components - len(means)]:
+        near = latent[((latent - centre) ** 2).sum(1) <= np.median(((latent - centre) ** 2).sum(1))]
+        means.append(centre)
+        logvars.append(np.log(near.var(0) / 4 + floor))
+    return np.array(means, np.float32), np.array(logvars, np.float32)
+
+
+class MixtureInitialisation(Callback):
+    """Re-initialise p(z|y) from the cells' latent positions once the encoder means something.
+
+    At the start of epoch ``at_epoch`` (the KL warm-up makes the first epochs nearly an
+    autoencoder), components start on k-means centres of the latent (as VaDE does after
+    pre-training). Random component means otherwise let one component take every cell.
+    """
+
+    def __init__(self, loader: Any, at_epoch: int, seed: int = 0) -> None:
+        self.loader = loader
+        self.at_epoch = at_epoch
+        self.seed = seed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.pretraining = self.at_epoch > 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch != self.at_epoch:
+            return
+        pl_module.pretraining = False
+        for callback in trainer.callbacks:
+            if isinstance(callback, EarlyStopping):  # the loss changes meaning here
+                callback.wait_count = 0
+                callback.best_score = torch.tensor(float("inf"))
+        module: GMMVAEModule = pl_module.module
+        latent, labels = _latent_of(module, self.loader)
+        means, logvars = initial_mixture(latent, labels, module.config.n_components, self.seed)
+        with torch.no_grad():
+            module.prior_mean.copy_(torch.from_numpy(means))
+            module.prior_logvar.copy_(torch.from_numpy(logvars))
+
+
+class HistoryCallback(Callback):
+    """Collects the per-epoch means of every logged metric into ``history`` (a list of dicts)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = {"epoch": float(trainer.current_epoch)}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.history.append(row)
+
+
+class EpochProgressBar(ProgressBar):
+    """One progress bar over epochs (not steps), with the latest losses as its postfix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self.bar: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            self.bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is None:
+            return
+        metrics = trainer.callback_metrics
+        postfix = {
+            k: f"{float(metrics[k]):.4g}" for k in ("train_loss", "validation_loss") if k in metrics
+        }
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def fit(
+    plan: TrainingPlan,
+    train_loader: Any,
+    val_loader: Any | None,
+    *,
+    max_epochs: int,
+    accelerator: str,
+    devices: Any,
+    early_stopping: bool,
+    early_stopping_patience: int,
+    progress_bar: bool,
+    gradient_clip_val: float = 10.0,
+    **trainer_kwargs: Any,
+) -> list[dict[str, float]]:
+    """Run Lightning's trainer; returns the per-epoch history. Leaves no files behind."""
+    history = HistoryCallback()
+    callbacks: list[Callback] = [history] + ([EpochProgressBar()] if progress_bar else [])
+    if early_stopping and val_loader is not None:
+        callbacks.append(
+            EarlyStopping("validation_loss", patience=early_stopping_patience, mode="min")
+        )
+    callbacks += trainer_kwargs.pop("callbacks", [])
+    with tempfile.TemporaryDirectory(prefix="gmmvae-") as root:
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            logger=trainer_kwargs.pop("logger", False),
+            enable_checkpointing=trainer_kwargs.pop("enable_checkpointing", False),
+            enable_model_summary=False,
+            enable_progress_bar=progress_bar,
+            num_sanity_val_steps=0,
+            gradient_clip_val=gradient_clip_val,
+            default_root_dir=trainer_kwargs.pop("default_root_dir", root),
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+        with warnings.catch_warnings():
+            # In-process loading is deliberate: batches are one sparse slice each.
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*Consider setting `persistent_workers.*")
+            trainer.fit(plan, train_loader, val_loader)
+    return history.history
