@@ -163,7 +163,8 @@ def setup_anndata(
         registry["conditions"] = _categories(adata.obs[condition_key])
     if batch_key is not None:
         registry["batches"] = _categories(adata.obs[batch_key])
-    adata.uns[REGISTRY_KEY] = registry
+    # h5ad cannot store None: keep only the fields that are set; get_registry fills the rest.
+    adata.uns[REGISTRY_KEY] = {k: v for k, v in registry.items() if v is not None}
 
 
 def describe_matrix(layer: str | None) -> str:
@@ -175,7 +176,12 @@ def get_registry(adata: AnnData) -> dict[str, Any]:
         raise GMMVAEInputError(
             "adata was not set up; call gmmvae.GMMVAE.setup_anndata(adata, ...) first."
         )
-    return adata.uns[REGISTRY_KEY]
+    stored = adata.uns[REGISTRY_KEY]
+    registry = {k: None for k in ("layer", "labels_key", "condition_key", "batch_key")}
+    registry["unlabeled_category"] = "Unknown"
+    for key, value in stored.items():
+        registry[key] = [str(v) for v in value] if isinstance(value, list | np.ndarray) else value
+    return registry
 
 
 def encode(

@@ -133,3 +133,31 @@ def pbmc68k() -> AnnData:
     adata.obs = reduced.obs[["bulk_labels", "n_genes", "n_counts"]].copy()
     adata.obsm["X_umap_original"] = reduced.obsm["X_umap"]
     return adata
+
+
+def mask_labels(
+    labels: pd.Series | np.ndarray,
+    fraction: float,
+    *,
+    seed: int = 0,
+    unlabeled_category: str = "Unknown",
+) -> pd.Series:
+    """Keep a stratified random ``fraction`` of labels (at least one per type), hide the rest.
+
+    The semi-supervised protocol of DESIGN.md: hidden labels become ``unlabeled_category``.
+
+    Returns
+    -------
+    Categorical Series (same index as ``labels`` if it is a Series) of kept labels and
+    ``unlabeled_category``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    series = pd.Series(labels).astype(str)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(series), dtype=bool)
+    for _, positions in series.groupby(series.to_numpy()).indices.items():
+        n_keep = max(1, round(fraction * len(positions)))
+        keep[rng.choice(positions, n_keep, replace=False)] = True
+    masked = series.where(keep, unlabeled_category)
+    return masked.astype("category")

@@ -64,6 +64,10 @@ class TrainingPlan(pl.LightningModule):
 
     def _log_terms(self, out: LossOutput, prefix: str, batch_size: int) -> None:
         self.log(f"{prefix}_loss", out.loss, on_epoch=True, on_step=False, batch_size=batch_size)
+        negative_elbo = -out.terms["elbo"].mean()
+        self.log(
+            f"{prefix}_neg_elbo", negative_elbo, on_epoch=True, on_step=False, batch_size=batch_size
+        )
         for name, value in out.terms.items():
             self.log(
                 f"{prefix}_{name}",
@@ -243,7 +247,8 @@ def fit(
     callbacks: list[Callback] = [history] + ([EpochProgressBar()] if progress_bar else [])
     if early_stopping and val_loader is not None:
         callbacks.append(
-            EarlyStopping("validation_loss", patience=early_stopping_patience, mode="min")
+            # The ELBO alone: the classification term on a few labelled validation cells is noisy.
+            EarlyStopping("validation_neg_elbo", patience=early_stopping_patience, mode="min")
         )
     callbacks += trainer_kwargs.pop("callbacks", [])
     with tempfile.TemporaryDirectory(prefix="gmmvae-") as root:
