@@ -1,0 +1,43 @@
+"""Plots return figures built from the data they are given."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import gmmvae
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_history_plots_requested_losses(tmp_path):
+    history = pd.DataFrame(
+        {"train_loss": [3.0, 2.0, 1.5], "validation_loss": [3.5, 2.5, 2.0], "other": 0.0},
+        index=pd.Index([0.0, 1.0, 2.0], name="epoch"),
+    )
+    fig = gmmvae.pl.history(history, save=str(tmp_path / "h.png"))
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train_loss", "validation_loss"]
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), [3.0, 2.0, 1.5])
+    assert (tmp_path / "h.png").stat().st_size > 0
+    # Missing keys are skipped, not an error (train_size=1.0 has no validation loss).
+    fig = gmmvae.pl.history(history[["train_loss"]])
+    assert len(fig.axes[0].get_lines()) == 1
+
+
+def test_history_of_a_trained_model(shared_model):
+    fig = gmmvae.pl.history(shared_model.history)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2
+    assert len(lines[0].get_xdata()) == len(shared_model.history)
+
+
+def test_latent_umap_requires_the_representation(small):
+    with pytest.raises(KeyError, match=r"'X_gmmvae' is not in adata.obsm.*get_latent"):
+        gmmvae.pl.latent_umap(small, color="cell_type")
