@@ -63,6 +63,8 @@ def versions(*packages: str) -> str:
 
 def mean_sd_table(rows: list[dict], by: list[str], metrics: list[str]) -> str:
     """Markdown table of mean ± sd over seeds for each group."""
+    if not rows:
+        return "(no rows yet)"
     frame = pd.DataFrame(rows)
     lines = ["| " + " | ".join(by + metrics + ["seeds"]) + " |"]
     lines.append("|" + "---|" * (len(by) + len(metrics) + 1))

@@ -226,12 +226,6 @@ def test_plain_sampler_without_or_with_all_labels(labels):
     assert sorted(np.concatenate(batches)) == list(range(100))
 
 
-@pytest.mark.xfail(
-    reason="MixedBatchSampler with batch_size=1 and a mix of labelled and unlabelled cells "
-    "computes 0 labelled cells per batch and calls np.concatenate([]) -> ValueError",
-    raises=ValueError,
-    strict=True,
-)
 def test_mixed_sampler_batch_size_one():
     labels = np.array([0, -1, -1, 1, -1])
     batches = list(MixedBatchSampler(labels, 1, seed=0))

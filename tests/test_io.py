@@ -182,12 +182,6 @@ def test_weights_load_without_pickle_code_execution(tmp_path):
         load_directory(path)
 
 
-@pytest.mark.xfail(
-    reason="GMMVAE.load builds GMMVAEModule outside fork_rng, so its random initialisation "
-    "(overwritten at once by the saved weights) advances the global torch RNG",
-    raises=AssertionError,
-    strict=True,
-)
 def test_load_leaves_global_rng_untouched(shared_model, tmp_path):
     shared_model.save(tmp_path / "m")
     state = torch.random.get_rng_state()

@@ -294,7 +294,8 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.epoch = 0
         n = len(labels)
-        self.mixed = 0 < len(self.labelled) < n
+        # A one-cell batch cannot hold both kinds: fall back to plain shuffling.
+        self.mixed = 0 < len(self.labelled) < n and batch_size >= 2
         if self.mixed:
             share = max(math.ceil(batch_size * len(self.labelled) / n), batch_size // 8, 1)
             self.n_labelled_per_batch = min(share, len(self.labelled), batch_size - 1)
@@ -336,4 +337,6 @@ def make_loader(data: CellData, batch_size: int, *, shuffle: bool, seed: int = 0
         sampler = torch.utils.data.BatchSampler(
             torch.utils.data.SequentialSampler(data), batch_size, drop_last=False
         )
-    return DataLoader(data, sampler=sampler, batch_size=None)
+    # An explicit generator: otherwise each iteration draws a seed from torch's global RNG.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, sampler=sampler, batch_size=None, generator=generator)

@@ -6,6 +6,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
@@ -17,9 +19,10 @@ from anndata import AnnData
 
 from gmmvae import data as _data
 from gmmvae.data import GMMVAEInputError
+from gmmvae.initialisation import MixtureInitialisation
 from gmmvae.io import load_directory, save_directory
 from gmmvae.module import LIKELIHOODS, VARIANTS, GMMVAEModule, Likelihood, ModuleConfig, Variant
-from gmmvae.training import MixtureInitialisation, TrainingPlan, default_max_epochs, fit
+from gmmvae.training import TrainingPlan, default_max_epochs, fit
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +30,12 @@ DEFAULT_VARIANT: Variant = "exact"
 DEFAULT_FREE_COMPONENTS = 1
 
 
-def _seeded_rng(seed: int):
-    """Fork torch's RNG (CPU and any GPUs) so that seeding stays local to the call."""
-    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))
+@contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch inside a fork of its RNG (CPU and any GPUs): seeding stays local to the call."""
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        torch.manual_seed(seed)
+        yield
 
 
 class GMMVAE:
@@ -122,7 +128,6 @@ class GMMVAE:
             n_w=n_w,
         )
         with _seeded_rng(seed):
-            torch.manual_seed(seed)
             self.module = GMMVAEModule(self.config)
         self.adata: AnnData | None = adata
         self.history = pd.DataFrame()
@@ -273,7 +278,6 @@ class GMMVAE:
             callbacks.append(MixtureInitialisation(init_loader, mixture_init_epoch, seed))
         self.module.train()
         with _seeded_rng(seed):
-            torch.manual_seed(seed)
             history = fit(
                 plan,
                 train_loader,
@@ -323,7 +327,6 @@ class GMMVAE:
         return keep
 
     # -------------------------------------------------------------------------- inference
-    @torch.no_grad()
     def _posterior(self, adata: AnnData, batch_size: int) -> dict[str, np.ndarray]:
         if not self.is_trained:
             warnings.warn(
@@ -331,15 +334,18 @@ class GMMVAE:
                 UserWarning,
                 stacklevel=3,
             )
+        if batch_size < 1:
+            raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
         data = self._data(adata, with_labels=False)
-        loader = _data.make_loader(data, max(1, batch_size), shuffle=False)
+        loader = _data.make_loader(data, batch_size, shuffle=False)
         device = next(self.module.parameters()).device
         self.module.eval()
         probs, latent = [], []
-        for batch in loader:
-            out = self.module.posterior(batch["x"].to(device), batch["condition"].to(device))
-            probs.append(out["probs"].cpu().numpy())
-            latent.append(out["latent"].cpu().numpy())
+        with torch.no_grad():
+            for batch in loader:
+                out = self.module.posterior(batch["x"].to(device), batch["condition"].to(device))
+                probs.append(out["probs"].cpu().numpy())
+                latent.append(out["latent"].cpu().numpy())
         return {"probs": np.concatenate(probs), "latent": np.concatenate(latent)}
 
     def _record_params(self, adata: AnnData, key_added: str, **params: Any) -> None:
@@ -440,7 +446,8 @@ class GMMVAE:
             model.registry = config["registry"]
             model.gene_names = list(config["gene_names"])
             model.component_names = list(config["component_names"])
-            model.module = GMMVAEModule(model.config)
+            with _seeded_rng(0):  # the throwaway initialisation must not touch global RNG
+                model.module = GMMVAEModule(model.config)
             model.module.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError) as err:
             raise GMMVAEInputError(

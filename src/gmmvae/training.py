@@ -7,7 +7,6 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
 from tqdm.auto import tqdm
@@ -106,82 +105,6 @@ class TrainingPlan(pl.LightningModule):
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, eps=0.01)
 
 
-def _latent_of(module: GMMVAEModule, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means and labels of every cell in ``loader``, in eval mode."""
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    latent, labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            out = module.posterior(batch["x"].to(device), batch["condition"].to(device))
-            latent.append(out["latent"].cpu().numpy())
-            labels.append(batch["label"].numpy())
-    module.train(was_training)
-    return np.concatenate(latent), np.concatenate(labels)
-
-
-def initial_mixture(
-    latent: np.ndarray, labels: np.ndarray, n_components: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Component means and log-variances (K, d) from cells' latent positions.
-
-    Labelled components start at the mean of their labelled cells; the others at the k-means
-    centres farthest from those (all k-means centres when there are no labels).
-    """
-    from sklearn.cluster import KMeans
-
-    km = KMeans(n_components, n_init=3, random_state=seed).fit(latent)
-    means, logvars = [], []
-    floor = 1e-3 * latent.var(0).mean() + 1e-6
-    for k in range(n_components):
-        cells = latent[labels == k]
-        if len(cells) >= 2:
-            means.append(cells.mean(0))
-            logvars.append(np.log(cells.var(0) + floor))
-    centres = km.cluster_centers_
-    if means:  # free components: the centres least explained by labelled components
-        dist = ((centres[:, None, :] - np.array(means)[None]) ** 2).sum(-1).min(1)
-        centres = centres[np.argsort(-dist)]
-    for centre in centres[: n_components - len(means)]:
-        near = latent[((latent - centre) ** 2).sum(1) <= np.median(((latent - centre) ** 2).sum(1))]
-        means.append(centre)
-        logvars.append(np.log(near.var(0) / 4 + floor))
-    return np.array(means, np.float32), np.array(logvars, np.float32)
-
-
-class MixtureInitialisation(Callback):
-    """Re-initialise p(z|y) from the cells' latent positions once the encoder means something.
-
-    At the start of epoch ``at_epoch`` (the KL warm-up makes the first epochs nearly an
-    autoencoder), components start on k-means centres of the latent (as VaDE does after
-    pre-training). Random component means otherwise let one component take every cell.
-    """
-
-    def __init__(self, loader: Any, at_epoch: int, seed: int = 0) -> None:
-        self.loader = loader
-        self.at_epoch = at_epoch
-        self.seed = seed
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.pretraining = self.at_epoch > 0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch != self.at_epoch:
-            return
-        pl_module.pretraining = False
-        for callback in trainer.callbacks:
-            if isinstance(callback, EarlyStopping):  # the loss changes meaning here
-                callback.wait_count = 0
-                callback.best_score = torch.tensor(float("inf"))
-        module: GMMVAEModule = pl_module.module
-        latent, labels = _latent_of(module, self.loader)
-        means, logvars = initial_mixture(latent, labels, module.config.n_components, self.seed)
-        with torch.no_grad():
-            module.prior_mean.copy_(torch.from_numpy(means))
-            module.prior_logvar.copy_(torch.from_numpy(logvars))
-
-
 class HistoryCallback(Callback):
     """Collects the per-epoch means of every logged metric into ``history`` (a list of dicts)."""
 
@@ -270,5 +193,8 @@ def fit(
             # In-process loading is deliberate: batches are one sparse slice each.
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*Consider setting `persistent_workers.*")
+            # train_size=1.0 means no validation set on purpose.
+            warnings.filterwarnings("ignore", ".*validation_step.*but have not passed.*")
+            warnings.filterwarnings("ignore", ".*val_dataloader.*")
             trainer.fit(plan, train_loader, val_loader)
     return history.history
