@@ -48,7 +48,7 @@ def _read(path: Path):
     from gmmvae.data import GMMVAEInputError
 
     if not path.is_file():
-        raise typer.BadParameter(f"{path} does not exist.")
+        raise FileNotFoundError(f"{path} does not exist; check the path.")
     try:
         return ad.read_h5ad(path)
     except (OSError, KeyError) as err:
@@ -133,7 +133,7 @@ def train(
         )
         model.train(max_epochs, batch_size=batch_size, seed=seed, accelerator=accelerator)
         model.save(out, overwrite=overwrite)
-    except (GMMVAEInputError, FileExistsError) as err:
+    except (GMMVAEInputError, FileExistsError, FileNotFoundError) as err:
         _fail(err)
     console.print(f"Saved {model!r} to {out} ({len(model.history)} epochs).")
 
@@ -254,7 +254,7 @@ def demo(
             seed=seed,
             out_dir=out_dir,
         )
-    except GMMVAEInputError as err:
+    except (GMMVAEInputError, FileNotFoundError) as err:
         _fail(err)
     table = Table(title=f"gmmvae demo ({result.n_types} types, seed {seed})")
     table.add_column("task")

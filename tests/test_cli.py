@@ -1,0 +1,130 @@
+"""The `gmmvae` command: train, annotate, embed and demo on temporary h5ad files."""
+
+from __future__ import annotations
+
+import anndata as ad
+import pytest
+from typer.testing import CliRunner
+
+from gmmvae.cli import app
+from gmmvae.datasets import mask_labels, simulate
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def h5ad(tmp_path_factory: pytest.TempPathFactory):
+    adata = simulate(300, 80, 3, seed=1, marker_log_fold=2.5)
+    adata.obs["labels"] = mask_labels(adata.obs["cell_type"], 0.2, seed=0)
+    path = tmp_path_factory.mktemp("cli") / "cells.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(h5ad, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(h5ad),
+            "--out",
+            str(out),
+            "--labels-key",
+            "labels",
+            "--max-epochs",
+            "30",
+            "--seed",
+            "0",
+            "--accelerator",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_loadable_model(model_dir):
+    assert (model_dir / "config.json").is_file()
+    assert (model_dir / "model.pt").is_file()
+
+
+def test_annotate_writes_predictions(model_dir, h5ad, tmp_path):
+    out = tmp_path / "annotated.h5ad"
+    result = runner.invoke(app, ["annotate", str(model_dir), str(h5ad), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    annotated = ad.read_h5ad(out)
+    labels = set(annotated.obs["gmmvae_label"].astype(str))
+    assert labels <= {"type_0", "type_1", "type_2", "free_0"}
+    assert annotated.obsm["gmmvae_probs"].shape == (300, 4)
+    truth = annotated.obs["cell_type"].astype(str)
+    assert (annotated.obs["gmmvae_label"].astype(str) == truth).mean() > 0.8
+    assert "X_gmmvae" in annotated.obsm
+
+
+def test_embed_writes_latent(model_dir, h5ad, tmp_path):
+    out = tmp_path / "embedded.h5ad"
+    result = runner.invoke(
+        app, ["embed", str(model_dir), str(h5ad), "--out", str(out), "--key-added", "mine"]
+    )
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(out).obsm["X_mine"].shape == (300, 16)
+
+
+def test_train_missing_key_is_a_clear_error(h5ad, tmp_path):
+    result = runner.invoke(
+        app, ["train", str(h5ad), "--out", str(tmp_path / "m"), "--labels-key", "label"]
+    )
+    assert result.exit_code == 1
+    assert "not a column of adata.obs" in result.output
+    assert "Did you mean 'labels'" in result.output
+
+
+def test_annotate_missing_file_is_a_clear_error(model_dir, tmp_path):
+    result = runner.invoke(
+        app, ["annotate", str(model_dir), str(tmp_path / "nope.h5ad"), "--out", "x.h5ad"]
+    )
+    assert result.exit_code != 0
+    assert "does not exist" in result.output
+
+
+def test_annotate_genes_mismatch_names_missing_genes(model_dir, h5ad, tmp_path):
+    adata = ad.read_h5ad(h5ad)[:, 5:].copy()
+    path = tmp_path / "fewer_genes.h5ad"
+    adata.write_h5ad(path)
+    result = runner.invoke(app, ["annotate", str(model_dir), str(path), "--out", "x.h5ad"])
+    assert result.exit_code == 1
+    assert "gene_0" in result.output
+
+
+def test_every_option_has_help():
+    for command in ("train", "annotate", "embed", "demo"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Options" in result.output
+
+
+def test_demo_on_a_count_file(h5ad, tmp_path):
+    out_dir = tmp_path / "demo"
+    result = runner.invoke(
+        app,
+        [
+            "demo",
+            "--data",
+            str(h5ad),
+            "--labels-key",
+            "cell_type",
+            "--max-epochs",
+            "20",
+            "--out-dir",
+            str(out_dir),
+            "--label-fraction",
+            "0.2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "clustering ARI" in result.output
+    assert "semi-supervised accuracy" in result.output
+    assert (out_dir / "annotated.h5ad").is_file()
+    assert (out_dir / "latent_umap.png").stat().st_size > 10_000
