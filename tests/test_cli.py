@@ -128,3 +128,22 @@ def test_demo_on_a_count_file(h5ad, tmp_path):
     assert "semi-supervised accuracy" in result.output
     assert (out_dir / "annotated.h5ad").is_file()
     assert (out_dir / "latent_umap.png").stat().st_size > 10_000
+
+
+def test_existing_output_needs_force(model_dir, h5ad, tmp_path):
+    out = tmp_path / "annotated.h5ad"
+    out.write_text("precious")
+    result = runner.invoke(app, ["annotate", str(model_dir), str(h5ad), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--force" in result.output
+    assert out.read_text() == "precious"
+    forced = runner.invoke(
+        app, ["annotate", str(model_dir), str(h5ad), "--out", str(out), "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert ad.read_h5ad(out).n_obs == 300
+
+
+def test_usage_error_exits_2():
+    assert runner.invoke(app, ["annotate"]).exit_code == 2
+    assert runner.invoke(app, ["train", "x.h5ad", "--likelihood", "gamma"]).exit_code == 2

@@ -63,3 +63,75 @@ def test_training_plan_refuses_non_finite_loss():
     with pytest.raises(FloatingPointError, match=r"training loss became non-finite.*'elbo'"):
         plan._check_finite(LossOutput(torch.tensor(float("nan")), terms), "training")
     plan._check_finite(LossOutput(torch.tensor(1.0), terms), "training")  # finite loss: fine
+
+
+_RESUME_SCRIPT = """
+import os, signal, sys, logging
+import torch, lightning.pytorch as pl
+import gmmvae
+
+torch.set_num_threads(1)
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+checkpoint_dir, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class KillMidEpoch(pl.Callback):
+    # SIGKILL in the middle of epoch 8: nothing after the last checkpoint survives.
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 8 and trainer.global_step % 5 == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+adata = gmmvae.datasets.simulate(400, 60, 3, seed=0, marker_log_fold=2.5)
+gmmvae.GMMVAE.setup_anndata(adata)
+model = gmmvae.GMMVAE(adata, n_components=3, seed=0)
+model.train(
+    16, seed=0, batch_size=64, progress_bar=False, mixture_init_epoch=4,
+    checkpoint_dir=checkpoint_dir if mode != "plain" else None, checkpoint_every=1,
+    resume=mode == "resume", callbacks=[KillMidEpoch()] if mode == "kill" else [],
+)
+torch.save({"state": model.module.state_dict(), "epochs": len(model.history)}, out)
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(_RESUME_SCRIPT)
+    ckpt = tmp_path / "ckpt"
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        out = tmp_path / f"{mode}.pt"
+        return subprocess.run(
+            [sys.executable, str(script), str(ckpt), mode, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    killed = run("kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (ckpt / "checkpoint.ckpt").is_file()
+    assert not (tmp_path / "kill.pt").exists()
+    for mode in ("resume", "plain"):
+        done = run(mode)
+        assert done.returncode == 0, done.stderr[-2000:]
+    resumed = torch.load(tmp_path / "resume.pt", weights_only=True)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=True)
+    assert resumed["epochs"] == plain["epochs"] == 16
+    for name, tensor in plain["state"].items():
+        torch.testing.assert_close(resumed["state"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    import gmmvae
+    from gmmvae.data import GMMVAEInputError
+
+    adata = gmmvae.datasets.simulate(100, 30, 2, seed=0)
+    gmmvae.GMMVAE.setup_anndata(adata)
+    model = gmmvae.GMMVAE(adata, n_components=2)
+    with pytest.raises(GMMVAEInputError, match="checkpoint_dir= first"):
+        model.train(2, checkpoint_dir=tmp_path, resume=True, progress_bar=False)

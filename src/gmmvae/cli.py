@@ -19,6 +19,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of errors.")
+    ] = False,
+) -> None:
+    """Exit codes: 0 success, 1 bad input (message on stderr), 2 bad usage."""
+    _state["debug"] = debug
 
 
 class LikelihoodChoice(StrEnum):
@@ -56,8 +68,18 @@ def _read(path: Path):
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]Error:[/] {err}")
+    if _state["debug"]:
+        raise err
+    errors.print(f"[bold red]Error:[/] {err}")
     raise typer.Exit(code=1)
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it.")
+
+
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 
 Data = Annotated[Path, typer.Argument(help="Input AnnData file (.h5ad).")]
@@ -105,7 +127,7 @@ def train(
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
     seed: Seed = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+    force: Force = False,
 ) -> None:
     """Train a GMMVAE on DATA and save it to --out."""
     _quiet_lightning()
@@ -113,6 +135,7 @@ def train(
     from gmmvae.model import GMMVAE
 
     try:
+        _check_output(out, force)
         adata = _read(data)
         GMMVAE.setup_anndata(
             adata,
@@ -132,7 +155,7 @@ def train(
             **options,
         )
         model.train(max_epochs, batch_size=batch_size, seed=seed, accelerator=accelerator)
-        model.save(out, overwrite=overwrite)
+        model.save(out, overwrite=force)
     except (GMMVAEInputError, FileExistsError, FileNotFoundError) as err:
         _fail(err)
     console.print(f"Saved {model!r} to {out} ({len(model.history)} epochs).")
@@ -147,6 +170,7 @@ def annotate(
     novelty_threshold: Annotated[
         float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
     ] = 0.5,
+    force: Force = False,
 ) -> None:
     """Predict cell types (q(y|x)) for DATA; writes obs[KEY_label], KEY_confidence, KEY_novel."""
     _quiet_lightning()
@@ -154,12 +178,13 @@ def annotate(
     from gmmvae.model import GMMVAE
 
     try:
+        _check_output(out, force)
         adata = _read(data)
         model = GMMVAE.load(model_dir, adata=adata)
         model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
         model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
-    except (GMMVAEInputError, FileNotFoundError) as err:
+    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     counts = adata.obs[f"{key_added}_label"].value_counts()
     table = Table("label", "cells")
@@ -175,6 +200,7 @@ def embed(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad with obsm[X_KEY].")],
     key_added: Annotated[str, typer.Option(help="Writes obsm['X_' + KEY].")] = "gmmvae",
+    force: Force = False,
 ) -> None:
     """Write the latent embedding of DATA into obsm (for sc.pp.neighbors(use_rep=...))."""
     _quiet_lightning()
@@ -182,11 +208,12 @@ def embed(
     from gmmvae.model import GMMVAE
 
     try:
+        _check_output(out, force)
         adata = _read(data)
         model = GMMVAE.load(model_dir, adata=adata)
         latent = model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
-    except (GMMVAEInputError, FileNotFoundError) as err:
+    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     console.print(f"Wrote {out} with obsm['X_{key_added}'] of shape {latent.shape}.")
 
@@ -254,7 +281,7 @@ def demo(
             seed=seed,
             out_dir=out_dir,
         )
-    except (GMMVAEInputError, FileNotFoundError) as err:
+    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     table = Table(title=f"gmmvae demo ({result.n_types} types, seed {seed})")
     table.add_column("task")

@@ -281,7 +281,8 @@ class MixedBatchSampler(Sampler[list[int]]):
     With few labels (say 1 %), uniform batches would hold two or three labelled cells; here each
     batch gets ``max(ceil(batch_size * fraction), batch_size // 8)`` labelled cells, cycling over
     a fresh permutation of them, and the rest unlabelled. Without labels, or with all cells
-    labelled, it is plain shuffled batching. Each epoch reshuffles from ``seed`` + epoch.
+    labelled, it is plain shuffled batching. Each epoch reshuffles from ``seed`` and the epoch
+    that Lightning passes to :meth:`set_epoch`, so a resumed run sees the same batches.
     """
 
     def __init__(
@@ -307,9 +308,12 @@ class MixedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.n_batches
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch (as for DistributedSampler)."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
         order = rng.permutation if self.shuffle else np.asarray
         if not self.mixed:
             idx = order(np.arange(len(self.labelled) + len(self.unlabelled)))

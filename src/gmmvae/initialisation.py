@@ -121,7 +121,8 @@ class MixtureInitialisation(Callback):
         self.seed = seed
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.pretraining = self.at_epoch > 0
+        # current_epoch is past 0 when resuming from a checkpoint.
+        pl_module.pretraining = trainer.current_epoch < self.at_epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch != self.at_epoch:

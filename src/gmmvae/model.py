@@ -206,6 +206,9 @@ class GMMVAE:
         early_stopping: bool = True,
         early_stopping_patience: int = 30,
         mixture_init_epoch: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
+        resume: bool = False,
         progress_bar: bool = True,
         **trainer_kwargs: Any,
     ) -> GMMVAE:
@@ -236,6 +239,12 @@ class GMMVAE:
             placed by k-means on the latent, as VaDE does. Default: about 500 optimiser steps,
             at most a quarter of ``max_epochs``; -1 disables (components start at random and may
             collapse). Not used by the ``"dirichlet"`` variant, whose w-network places them.
+        checkpoint_dir, checkpoint_every
+            Save the full training state (weights, optimiser, epoch, RNG) atomically to
+            ``checkpoint_dir/checkpoint.ckpt`` every ``checkpoint_every`` epochs.
+        resume
+            Continue from the checkpoint in ``checkpoint_dir`` (after a crash or a kill). With
+            the same data, options and seed, the result equals an uninterrupted run on CPU.
         progress_bar
             Show one progress bar over epochs.
         **trainer_kwargs
@@ -289,6 +298,9 @@ class GMMVAE:
                 early_stopping_patience=early_stopping_patience,
                 progress_bar=progress_bar,
                 callbacks=callbacks,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
                 **trainer_kwargs,
             )
         self.module.eval()

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from tqdm.auto import tqdm
 
 from gmmvae.module import GMMVAEModule, LossOutput
+
+CHECKPOINT_NAME = "checkpoint"
+
+
+def checkpoint_file(checkpoint_dir: str | Path) -> Path:
+    """The checkpoint that ``resume=True`` continues from; a clear error when it is missing."""
+    from gmmvae.data import GMMVAEInputError
+
+    path = Path(checkpoint_dir) / f"{CHECKPOINT_NAME}.ckpt"
+    if not path.is_file():
+        raise GMMVAEInputError(
+            f"resume=True but {path} does not exist; train once with checkpoint_dir= first, "
+            "or pass resume=False to start afresh."
+        )
+    return path
 
 
 def kl_warmup_weight(epoch: int, n_epochs_warmup: int | None) -> float:
@@ -100,6 +116,16 @@ class TrainingPlan(pl.LightningModule):
         self._check_finite(out, "validation")
         self._log_terms(out, "validation", len(batch["x"]))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The RNG state makes a resumed run draw the same noise as an uninterrupted one.
+        checkpoint["gmmvae"] = {"torch_rng": torch.get_rng_state(), "pretraining": self.pretraining}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("gmmvae", {})
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self.pretraining = bool(state.get("pretraining", False))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, eps=0.01)
@@ -110,6 +136,12 @@ class HistoryCallback(Callback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         row = {"epoch": float(trainer.current_epoch)}
@@ -163,11 +195,31 @@ def fit(
     early_stopping_patience: int,
     progress_bar: bool,
     gradient_clip_val: float = 10.0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
     **trainer_kwargs: Any,
 ) -> list[dict[str, float]]:
-    """Run Lightning's trainer; returns the per-epoch history. Leaves no files behind."""
+    """Run Lightning's trainer; returns the per-epoch history.
+
+    Leaves no files behind, except the checkpoint in ``checkpoint_dir`` when one is given
+    (written atomically every ``checkpoint_every`` epochs; ``resume=True`` continues from it).
+    """
     history = HistoryCallback()
     callbacks: list[Callback] = [history] + ([EpochProgressBar()] if progress_bar else [])
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename=CHECKPOINT_NAME,
+                every_n_epochs=checkpoint_every,
+                save_top_k=1,
+                enable_version_counter=False,  # overwrite in place (atomically), no -v1 copies
+            )
+        )
+        trainer_kwargs["enable_checkpointing"] = True
+        ckpt_path = checkpoint_file(checkpoint_dir) if resume else None
     if early_stopping and val_loader is not None:
         callbacks.append(
             # The ELBO alone: the classification term on a few labelled validation cells is noisy.
@@ -196,5 +248,5 @@ def fit(
             # train_size=1.0 means no validation set on purpose.
             warnings.filterwarnings("ignore", ".*validation_step.*but have not passed.*")
             warnings.filterwarnings("ignore", ".*val_dataloader.*")
-            trainer.fit(plan, train_loader, val_loader)
+            trainer.fit(plan, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     return history.history
