@@ -123,8 +123,31 @@ def setup_anndata(
     batch_key: str | None = None,
     unlabeled_category: str = "Unknown",
 ) -> None:
-    """Validate ``adata`` and record which fields gmmvae uses in ``adata.uns['_gmmvae']``."""
+    """Validate ``adata`` and record which fields gmmvae uses.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes. A view is made an actual AnnData first (with a warning).
+    layer
+        Layer with the data (raw counts for count likelihoods); ``None`` uses ``adata.X``.
+        Sparse matrices stay sparse until each minibatch.
+    labels_key
+        obs column with cell-type labels for (semi-)supervised training; cells whose value is
+        ``unlabeled_category`` are unlabelled.
+    condition_key
+        obs column with the condition (treatment); enters encoder and decoder (cGMMVAE).
+    batch_key
+        obs column with the technical batch; enters the decoder.
+    unlabeled_category
+        Value marking unlabelled cells (compared as a string).
+
+    Returns
+    -------
+    Nothing; writes ``adata.uns["_gmmvae"]`` (the keys and the category orders).
+    """
     ensure_actual(adata)
+    unlabeled_category = str(unlabeled_category)  # labels are compared as strings
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise GMMVAEInputError(f"adata has shape {adata.shape}; gmmvae needs cells and genes.")
     if not adata.obs_names.is_unique:
@@ -211,6 +234,12 @@ def encode(
 def align_genes(adata: AnnData, gene_names: Sequence[str]) -> np.ndarray | None:
     """Column indices that put ``adata``'s genes in the model's order; ``None`` if already so."""
     var_names = adata.var_names
+    if not var_names.is_unique:
+        duplicated = sorted(set(var_names[var_names.duplicated()].astype(str)))
+        raise GMMVAEInputError(
+            f"adata.var_names has duplicates, e.g. {duplicated[:10]}; call "
+            "adata.var_names_make_unique() or sum duplicated genes before predicting."
+        )
     if len(var_names) == len(gene_names) and (var_names == pd.Index(gene_names)).all():
         return None
     position = pd.Index(var_names).get_indexer(list(gene_names))

@@ -70,6 +70,11 @@ def load_directory(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
         raise GMMVAEInputError(
             f"{config_path} is not valid JSON ({err}); re-save the model."
         ) from err
+    if not isinstance(config, dict):
+        raise GMMVAEInputError(
+            f"{config_path} holds a JSON {type(config).__name__}, not a gmmvae config object; "
+            "re-save the model."
+        )
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GMMVAEInputError(

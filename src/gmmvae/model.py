@@ -265,6 +265,13 @@ class GMMVAE:
         order = rng.permutation(keep)
         n_val = round(len(order) * (1.0 - train_size))
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        if len(train_idx) < max(self.config.n_components, 2):
+            raise GMMVAEInputError(
+                f"Only {len(train_idx)} cells are left for training ({adata.n_obs} cells, "
+                f"{adata.n_obs - len(keep)} without counts, {n_val} held out for validation by "
+                f"train_size={train_size}), fewer than the {self.config.n_components} components. "
+                "Use fewer components, a larger train_size (1.0 uses every cell), or more cells."
+            )
         batch_size = min(batch_size, len(train_idx))
         max_epochs = default_max_epochs(len(train_idx)) if max_epochs is None else max_epochs
         train_loader = _data.make_loader(
