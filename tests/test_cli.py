@@ -147,3 +147,33 @@ def test_existing_output_needs_force(model_dir, h5ad, tmp_path):
 def test_usage_error_exits_2():
     assert runner.invoke(app, ["annotate"]).exit_code == 2
     assert runner.invoke(app, ["train", "x.h5ad", "--likelihood", "gamma"]).exit_code == 2
+
+
+def test_generate_writes_counts(model_dir, tmp_path):
+    out = tmp_path / "synthetic.h5ad"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(model_dir),
+            "--n",
+            "40",
+            "--cell-type",
+            "type_1",
+            "--cell-type",
+            "type_2",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    synthetic = ad.read_h5ad(out)
+    assert synthetic.n_obs == 80
+    assert set(synthetic.obs["cell_type"].astype(str)) == {"type_1", "type_2"}
+    bad = runner.invoke(
+        app, ["generate", str(model_dir), "--cell-type", "B", "--out", str(tmp_path / "x.h5ad")]
+    )
+    assert bad.exit_code == 1
+    assert "known ones are" in bad.output

@@ -125,3 +125,54 @@ def test_clustering_scores_bundle():
         "accuracy": metrics.hungarian_accuracy(TRUE, PRED),
         "purity": metrics.purity(TRUE, PRED),
     }
+
+
+# ------------------------------------------------------------------- synthetic-cell metrics
+def _two_clouds(shift: float, n: int = 150, genes: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.0, 1.0, (n, genes))
+    b = rng.normal(shift, 1.0, (n, genes))
+    return a, b
+
+
+def test_log_cp10k_matches_hand_computation():
+    from scipy import sparse
+
+    counts = np.array([[1.0, 3.0], [0.0, 0.0]])
+    expected = np.log1p(np.array([[2500.0, 7500.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(metrics.log_cp10k(sparse.csr_matrix(counts)), expected, rtol=1e-6)
+
+
+def test_c2st_separates_shifted_and_not_identical_clouds():
+    same_a, same_b = _two_clouds(0.0)
+    far_a, far_b = _two_clouds(2.0)
+    assert metrics.c2st_auc(far_a, far_b, n_pcs=10) > 0.95
+    assert abs(metrics.c2st_auc(same_a, same_b, n_pcs=10) - 0.5) < 0.12
+
+
+def test_mmd_grows_with_the_shift():
+    values = [metrics.mmd_rbf(*_two_clouds(s)) for s in (0.0, 0.5, 2.0)]
+    assert values[0] < values[1] < values[2]
+    assert values[0] < 0.02
+
+
+def test_moment_correlations():
+    rng = np.random.default_rng(0)
+    real = rng.gamma(2.0, rng.uniform(0.1, 5, 40), (300, 40))
+    scores = metrics.moment_correlations(real, real * 1.0)
+    assert scores["mean_r"] == pytest.approx(1.0) and scores["var_r"] == pytest.approx(1.0)
+    shuffled = metrics.moment_correlations(real, real[:, rng.permutation(40)])
+    assert shuffled["mean_r"] < 0.6
+
+
+def test_marker_overlap_is_one_for_identical_and_low_for_swapped_groups():
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 1, (200, 60)).astype(np.float32)
+    groups = np.repeat(["a", "b"], 100)
+    data[groups == "a", :20] += 3.0
+    data[groups == "b", 20:40] += 3.0
+    genes = [f"g{i}" for i in range(60)]
+    same = metrics.marker_overlap(data, groups, data, groups, genes, n=20)
+    assert same == {"a": 1.0, "b": 1.0}
+    swapped = metrics.marker_overlap(data, groups, data, groups[::-1], genes, n=20)
+    assert swapped["a"] < 0.2 and swapped["b"] < 0.2

@@ -219,6 +219,54 @@ def embed(
 
 
 @app.command()
+def generate(
+    model_dir: ModelDir,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad of synthetic cells.")],
+    n: Annotated[
+        int, typer.Option("--n", help="Cells to generate (per --cell-type when given).")
+    ] = 1000,
+    cell_type: Annotated[
+        list[str] | None,
+        typer.Option(help="Cell type (component name) to generate; repeat for several."),
+    ] = None,
+    condition: Annotated[
+        str | None, typer.Option(help="Condition seen in training (default: training mix).")
+    ] = None,
+    batch: Annotated[
+        str | None, typer.Option(help="Batch seen in training (default: training mix).")
+    ] = None,
+    library_size: Annotated[
+        str, typer.Option(help="'empirical' (training library sizes per type) or a number.")
+    ] = "empirical",
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Generate synthetic cells (counts) from a trained model."""
+    _quiet_lightning()
+    from gmmvae.data import GMMVAEInputError
+    from gmmvae.model import GMMVAE
+
+    try:
+        _check_output(out, force)
+        model = GMMVAE.load(model_dir)
+        size = library_size if library_size == "empirical" else float(library_size)
+        synthetic = model.generate(
+            n,
+            cell_type=cell_type or None,
+            condition=condition,
+            batch=batch,
+            library_size=size,
+            seed=seed,
+        )
+        synthetic.write_h5ad(out)
+    except ValueError as err:  # GMMVAEInputError, or a library size that is not a number
+        _fail(err if isinstance(err, GMMVAEInputError) else GMMVAEInputError(str(err)))
+    except (FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    console.print(f"Wrote {synthetic.n_obs} synthetic cells to {out}.")
+
+
+@app.command()
 def demo(
     data: Annotated[
         Path | None,

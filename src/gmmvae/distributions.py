@@ -70,3 +70,24 @@ def kl_normal_normal(
     return 0.5 * (
         logv_p - logv_q + (torch.exp(logv_q) + (m_q - m_p) ** 2) * torch.exp(-logv_p) - 1.0
     ).sum(-1)
+
+
+def sample_counts(likelihood: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One draw from the observation model (counts; normal values for ``"gaussian"``).
+
+    NB is drawn as a gamma-Poisson mixture; ZINB zeroes each entry with its dropout probability.
+    Uses torch's global RNG: seed it (locally) around the call.
+    """
+    if likelihood == "gaussian":
+        mean, log_var = params["mean"], params["log_var"]
+        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    mu = params["mu"].clamp(min=_EPS)
+    if likelihood == "poisson":
+        return torch.poisson(mu)
+    theta = params["theta"].clamp(min=_EPS, max=THETA_MAX).expand_as(mu)
+    rate = torch.distributions.Gamma(concentration=theta, rate=theta / mu).sample()
+    counts = torch.poisson(rate)
+    if likelihood == "zinb":
+        dropped = torch.rand_like(mu) < torch.sigmoid(params["dropout_logits"])
+        counts = torch.where(dropped, torch.zeros_like(counts), counts)
+    return counts

@@ -92,3 +92,88 @@ def clustering_scores(labels_true: Sequence, labels_pred: Sequence) -> dict[str,
         "accuracy": hungarian_accuracy(labels_true, labels_pred),
         "purity": purity(labels_true, labels_pred),
     }
+
+
+# ------------------------------------------------------------------------ synthetic cells
+def log_cp10k(matrix) -> np.ndarray:
+    """Dense log1p(counts / library * 1e4), float32; the scale synthetic cells are judged on."""
+    from scipy import sparse
+
+    x = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+    x = x.astype(np.float32)
+    library = np.maximum(x.sum(1, keepdims=True), 1.0)
+    return np.log1p(x / library * 1e4)
+
+
+def pooled_pcs(
+    real: np.ndarray, synthetic: np.ndarray, n_pcs: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA fitted on the pooled real + synthetic cells; returns both sets of scores."""
+    from sklearn.decomposition import PCA
+
+    pooled = np.vstack([real, synthetic])
+    n_pcs = min(n_pcs, pooled.shape[0] - 1, pooled.shape[1])
+    scores = PCA(n_pcs, random_state=seed).fit_transform(pooled)
+    return scores[: len(real)], scores[len(real) :]
+
+
+def c2st_auc(real: np.ndarray, synthetic: np.ndarray, *, n_pcs: int = 50, seed: int = 0) -> float:
+    """Classifier two-sample test: 5-fold ROC-AUC of a random forest telling real from synthetic.
+
+    Inputs are log1p-CP10k matrices (cells x genes); 0.5 means indistinguishable.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    a, b = pooled_pcs(real, synthetic, n_pcs, seed)
+    x = np.vstack([a, b])
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    folds = StratifiedKFold(n_splits=min(5, len(a), len(b)), shuffle=True, random_state=seed)
+    forest = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+    return float(cross_val_score(forest, x, y, cv=folds, scoring="roc_auc").mean())
+
+
+def mmd_rbf(a: np.ndarray, b: np.ndarray, *, max_cells: int = 2000, seed: int = 0) -> float:
+    """Squared MMD (biased estimate) with an RBF kernel whose bandwidth is the median heuristic."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(seed)
+    a = a[rng.permutation(len(a))[:max_cells]]
+    b = b[rng.permutation(len(b))[:max_cells]]
+    pooled = np.vstack([a, b])
+    sq = cdist(pooled, pooled, "sqeuclidean")
+    bandwidth = np.median(sq[np.triu_indices(len(pooled), 1)]) or 1.0
+    kernel = np.exp(-sq / bandwidth)
+    n = len(a)
+    return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
+
+
+def moment_correlations(real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """Pearson r of per-gene means and of per-gene variances (real vs synthetic)."""
+    from scipy.stats import pearsonr
+
+    return {
+        "mean_r": float(pearsonr(real.mean(0), synthetic.mean(0))[0]),
+        "var_r": float(pearsonr(real.var(0), synthetic.var(0))[0]),
+    }
+
+
+def _top_markers(log_data: np.ndarray, groups: np.ndarray, genes, n: int) -> dict[str, set]:
+    import anndata as ad
+    import scanpy as sc
+
+    holder = ad.AnnData(log_data, obs=pd.DataFrame({"g": pd.Categorical(groups)}))
+    holder.var_names = [str(g) for g in genes]
+    sc.tl.rank_genes_groups(holder, "g", method="wilcoxon", n_genes=n)
+    names = holder.uns["rank_genes_groups"]["names"]
+    return {g: set(names[g][:n]) for g in names.dtype.names}
+
+
+def marker_overlap(
+    real: np.ndarray, real_groups, synthetic: np.ndarray, synthetic_groups, genes, n: int = 20
+) -> dict[str, float]:
+    """Per type, the fraction of its top-``n`` real markers (Wilcoxon, one-vs-rest) that are
+    also top-``n`` markers of the synthetic cells of that type."""
+    real_m = _top_markers(real, np.asarray(real_groups).astype(str), genes, n)
+    syn_m = _top_markers(synthetic, np.asarray(synthetic_groups).astype(str), genes, n)
+    return {g: len(real_m[g] & syn_m.get(g, set())) / n for g in real_m}

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.metadata import version
@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from gmmvae import data as _data
 from gmmvae.data import GMMVAEInputError
+from gmmvae.generation import generate, training_summary
 from gmmvae.initialisation import MixtureInitialisation
 from gmmvae.io import load_directory, save_directory
 from gmmvae.module import LIKELIHOODS, VARIANTS, GMMVAEModule, Likelihood, ModuleConfig, Variant
@@ -133,6 +134,7 @@ class GMMVAE:
         self.history = pd.DataFrame()
         self.is_trained = False
         self.train_params: dict[str, Any] = {}
+        self.generation_summary: dict[str, Any] = {}
 
     @staticmethod
     def _n_components(labels: list[str], n_components: int | None, n_free: int) -> int:
@@ -313,6 +315,7 @@ class GMMVAE:
         self.module.eval()
         self.history = pd.DataFrame(history).set_index("epoch") if history else pd.DataFrame()
         self.is_trained = True
+        self.generation_summary = self._summarise_training_cells(data.subset(train_idx))
         self.train_params = {
             "max_epochs": max_epochs,
             "epochs_run": len(history),
@@ -325,6 +328,22 @@ class GMMVAE:
             "mixture_init_epoch": mixture_init_epoch,
         }
         return self
+
+    def _summarise_training_cells(self, data: _data.CellData) -> dict[str, Any]:
+        """What generation needs: composition, library sizes, condition and batch frequencies."""
+        probs, library = self._predict_cells(data, batch_size=1024, with_library=True)
+        labels = data.labels.numpy()
+        components = np.where(labels >= 0, labels, probs.argmax(1))
+        c = self.config
+        return training_summary(
+            components,
+            library,
+            data.conditions.numpy(),
+            data.batches.numpy(),
+            c.n_components,
+            c.n_conditions,
+            c.n_batches,
+        )
 
     def _nonempty_cells(self, adata: AnnData) -> np.ndarray:
         matrix = _data.get_matrix(adata, self.registry["layer"])
@@ -356,16 +375,24 @@ class GMMVAE:
         if batch_size < 1:
             raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
         data = self._data(adata, with_labels=False)
+        probs, latent = self._predict_cells(data, batch_size)
+        return {"probs": probs, "latent": latent}
+
+    def _predict_cells(
+        self, data: _data.CellData, batch_size: int, *, with_library: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """q(y|x) probabilities and latent means (or library sizes) of every cell, streamed."""
         loader = _data.make_loader(data, batch_size, shuffle=False)
         device = next(self.module.parameters()).device
         self.module.eval()
-        probs, latent = [], []
+        probs, second = [], []
         with torch.no_grad():
             for batch in loader:
                 out = self.module.posterior(batch["x"].to(device), batch["condition"].to(device))
                 probs.append(out["probs"].cpu().numpy())
-                latent.append(out["latent"].cpu().numpy())
-        return {"probs": np.concatenate(probs), "latent": np.concatenate(latent)}
+                extra = batch["x"].sum(1) if with_library else out["latent"].cpu()
+                second.append(extra.numpy())
+        return np.concatenate(probs), np.concatenate(second)
 
     def _record_params(self, adata: AnnData, key_added: str, **params: Any) -> None:
         entry = dict(adata.uns.get(key_added, {}))
@@ -437,6 +464,54 @@ class GMMVAE:
         )
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.component_names)
 
+    # ------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        n_cells: int | Mapping[str, int],
+        *,
+        cell_type: str | Sequence[str] | None = None,
+        condition: str | None = None,
+        batch: str | None = None,
+        library_size: str | float = "empirical",
+        seed: int = 0,
+    ) -> AnnData:
+        """Synthetic cells sampled from the generative model.
+
+        Draws a component y (the requested type, or from the training composition), then
+        z ~ p(z|y), then counts from the likelihood given a library size.
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells, or a mapping ``{cell type: number}``.
+        cell_type
+            A type (component name) or a list of them; each gets ``n_cells`` cells. Default:
+            types drawn with their training frequencies.
+        condition, batch
+            A condition / batch seen in training; default: drawn with training frequencies.
+        library_size
+            ``"empirical"`` (drawn from the training library sizes of the cell's type) or a
+            fixed number of counts per cell.
+        seed
+            Seed of every draw (local to the call).
+
+        Returns
+        -------
+        AnnData with the model's genes: counts in ``X`` (CSR, float32, integer-valued) and
+        ``layers["counts"]`` (log-normalised values in ``X`` for a Gaussian model, no counts
+        layer), ``obs["cell_type"]``, ``obs["condition"]``/``obs["batch"]`` when the model has
+        them, ``obs["synthetic"] = True`` and how it was made in ``uns["gmmvae_generate"]``.
+        """
+        return generate(
+            self,
+            n_cells,
+            cell_type=cell_type,
+            condition=condition,
+            batch=batch,
+            library_size=library_size,
+            seed=seed,
+        )
+
     # -------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the model to directory ``path`` (config.json + model.pt), atomically."""
@@ -447,6 +522,7 @@ class GMMVAE:
             "component_names": self.component_names,
             "is_trained": self.is_trained,
             "train_params": self.train_params,
+            "generation_summary": self.generation_summary,
             "history": self.history.reset_index().to_dict(orient="list"),
             "versions": {p: version(p) for p in ("gmmvae", "torch", "anndata", "lightning")},
         }
@@ -476,6 +552,7 @@ class GMMVAE:
         model.module.eval()
         model.is_trained = bool(config.get("is_trained", True))
         model.train_params = config.get("train_params", {})
+        model.generation_summary = config.get("generation_summary", {})
         history = pd.DataFrame(config.get("history", {}))
         model.history = history.set_index("epoch") if "epoch" in history else history
         model.adata = None

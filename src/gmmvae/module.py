@@ -165,6 +165,18 @@ class GMMVAEModule(nn.Module):
         params = self.component_net(w).view(*w.shape[:-1], K, d, 2)
         return params[..., 0], params[..., 1].clamp(_LOGVAR_MIN, _LOGVAR_MAX)
 
+    def sample_latent(self, components: torch.Tensor) -> torch.Tensor:
+        """z ~ p(z|y) for the given component codes (B,); the Dirichlet variant draws w first."""
+        if self.config.variant == "dirichlet":
+            w = torch.randn(len(components), self.config.n_w, device=components.device)
+            mean, logvar = self.component_prior(w)  # (B, K, d)
+            rows = torch.arange(len(components), device=components.device)
+            mean, logvar = mean[rows, components], logvar[rows, components]
+        else:
+            mean, logvar = self.component_prior()
+            mean, logvar = mean[components], logvar[components]
+        return _reparameterise(mean, logvar)
+
     @torch.no_grad()
     def posterior(self, x: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
         """Deterministic summaries for prediction: q(y|x) probabilities (B, K), latent (B, d)."""
