@@ -73,6 +73,11 @@ def test_methods_take_data_first_then_keyword_only_options(name):
     elif name == "load":
         assert names[:2] == ["path", "adata"]
         n_data = 2
+    elif name == "generate":
+        # generate(n_cells, *, ...): the model is the data, the first argument its size.
+        assert names[0] == "n_cells"
+        assert params[0].kind in POSITIONAL
+        n_data = 1
     elif name == "train":
         # scvi-tools spelling: train(max_epochs, *, ...); the data is the model's own.
         assert names[0] == "max_epochs"
@@ -102,11 +107,14 @@ def test_setup_anndata_spelling():
 def test_plotting_functions_take_data_first(name):
     f = _module_functions(gmmvae.pl)[name]
     params = _params(f)
-    # The data: an AnnData, or (for pl.history) the model's history DataFrame.
-    assert params[0].name in ("adata", "history"), name
-    annotation = str(params[0].annotation)
-    assert "AnnData" in annotation or "DataFrame" in annotation, name
-    _options_after(params, 1, name)
+    # The data: an AnnData, the real and synthetic AnnData pair, or (for pl.history) the
+    # model's history DataFrame.
+    n_data = 2 if params[0].name == "real" else 1
+    assert [p.name for p in params[:n_data]] in (["adata"], ["history"], ["real", "synthetic"])
+    for param in params[:n_data]:
+        annotation = str(param.annotation)
+        assert "AnnData" in annotation or "DataFrame" in annotation, name
+    _options_after(params, n_data, name)
     for option in ("show", "save"):
         assert option in inspect.signature(f).parameters, name
 

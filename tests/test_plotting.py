@@ -41,3 +41,17 @@ def test_history_of_a_trained_model(shared_model):
 def test_latent_umap_requires_the_representation(small):
     with pytest.raises(KeyError, match=r"'X_gmmvae' is not in adata.obsm.*get_latent"):
         gmmvae.pl.latent_umap(small, color="cell_type")
+
+
+def test_synthetic_plots(tmp_path):
+    import gmmvae
+
+    cells = gmmvae.datasets.simulate(300, 40, 2, seed=0)
+    real, synthetic = cells[:150].copy(), cells[150:].copy()
+    fig = gmmvae.pl.synthetic_umap(real, synthetic, save=str(tmp_path / "u.png"))
+    assert len(fig.axes) >= 2
+    assert (tmp_path / "u.png").stat().st_size > 5_000
+    fig = gmmvae.pl.synthetic_moments(real, synthetic)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("per-gene mean, r = ")
+    assert float(titles[0].split("= ")[1]) > 0.5

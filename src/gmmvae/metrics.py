@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
@@ -95,10 +96,8 @@ def clustering_scores(labels_true: Sequence, labels_pred: Sequence) -> dict[str,
 
 
 # ------------------------------------------------------------------------ synthetic cells
-def log_cp10k(matrix) -> np.ndarray:
+def log_cp10k(matrix: np.ndarray | sparse.spmatrix) -> np.ndarray:
     """Dense log1p(counts / library * 1e4), float32; the scale synthetic cells are judged on."""
-    from scipy import sparse
-
     x = matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
     x = x.astype(np.float32)
     library = np.maximum(x.sum(1, keepdims=True), 1.0)
@@ -170,7 +169,12 @@ def _top_markers(log_data: np.ndarray, groups: np.ndarray, genes, n: int) -> dic
 
 
 def marker_overlap(
-    real: np.ndarray, real_groups, synthetic: np.ndarray, synthetic_groups, genes, n: int = 20
+    real: np.ndarray,
+    real_groups: Sequence[str],
+    synthetic: np.ndarray,
+    synthetic_groups: Sequence[str],
+    genes: Sequence[str],
+    n: int = 20,
 ) -> dict[str, float]:
     """Per type, the fraction of its top-``n`` real markers (Wilcoxon, one-vs-rest) that are
     also top-``n`` markers of the synthetic cells of that type."""
