@@ -80,8 +80,11 @@ def _row_chunks(matrix: Any) -> Iterator[np.ndarray]:
 def check_values(matrix: Any, *, counts: bool, where: str) -> None:
     """Refuse NaN/inf always, and negative or non-integer values when ``counts`` is true."""
     for chunk in _row_chunks(matrix):
-        if not np.issubdtype(chunk.dtype, np.number):
-            raise GMMVAEInputError(f"{where} has dtype {chunk.dtype}; expected numbers.")
+        if not np.issubdtype(chunk.dtype, np.number) or chunk.dtype == np.bool_:
+            raise GMMVAEInputError(
+                f"{where} has dtype {chunk.dtype}; expected numbers. Convert it, e.g. "
+                "adata.X = adata.X.astype(np.float32)."
+            )
         if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
             raise GMMVAEInputError(
                 f"{where} contains NaN or infinite values; remove or impute them first "

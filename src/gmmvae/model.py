@@ -259,6 +259,8 @@ class GMMVAE:
         adata = self._resolve(None)
         if batch_size < 1:
             raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
+        if max_epochs is not None and max_epochs < 1:
+            raise GMMVAEInputError(f"max_epochs must be >= 1 (or None), got {max_epochs}.")
         if not 0.0 < train_size <= 1.0:
             raise GMMVAEInputError(f"train_size must be in (0, 1], got {train_size}.")
         data = self._data(adata, with_labels=True)
@@ -374,6 +376,8 @@ class GMMVAE:
             )
         if batch_size < 1:
             raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
+        if adata.n_obs == 0:
+            raise GMMVAEInputError("adata has no cells; pass at least one cell.")
         data = self._data(adata, with_labels=False)
         probs, latent = self._predict_cells(data, batch_size)
         return {"probs": probs, "latent": latent}
