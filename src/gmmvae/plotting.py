@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _finish(fig: Figure, *, save: str | None, show: bool) -> Figure:
+    if save:
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    if show:
+        plt.show()
+    return fig
+
+
 def latent_umap(
     adata: AnnData,
     *,
@@ -39,11 +47,7 @@ def latent_umap(
     sc.tl.umap(adata, random_state=seed)
     colors = [color] if isinstance(color, str) else list(color)
     fig = sc.pl.umap(adata, color=colors, show=False, return_fig=True, wspace=0.6)
-    if save:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, save=save, show=show)
 
 
 def history(
@@ -62,11 +66,7 @@ def history(
     ax.set_ylabel("loss (negative ELBO per cell)")
     ax.legend(frameon=False)
     fig.tight_layout()
-    if save:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, save=save, show=show)
 
 
 def synthetic_umap(
@@ -103,11 +103,7 @@ def synthetic_umap(
     sc.pp.neighbors(pooled, random_state=seed)
     sc.tl.umap(pooled, random_state=seed)
     fig = sc.pl.umap(pooled, color=[groupby, "origin"], show=False, return_fig=True, wspace=0.5)
-    if save:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, save=save, show=show)
 
 
 def synthetic_moments(
@@ -132,8 +128,4 @@ def synthetic_moments(
         ax.set_ylabel(f"synthetic {name}")
         ax.set_title(f"per-gene {name}, r = {r:.3f}")
     fig.tight_layout()
-    if save:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+    return _finish(fig, save=save, show=show)
