@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -74,6 +76,27 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report bad input as one line on stderr with exit code 1 (traceback with --debug)."""
+    from gmmvae.data import GMMVAEInputError
+
+    try:
+        yield
+    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+
+
+def _number(text: str) -> float:
+    from gmmvae.data import GMMVAEInputError
+
+    try:
+        return float(text)
+    except ValueError:
+        msg = f"--library-size must be 'empirical' or a number, got {text!r}."
+        raise GMMVAEInputError(msg) from None
+
+
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it.")
@@ -131,10 +154,9 @@ def train(
 ) -> None:
     """Train a GMMVAE on DATA and save it to --out."""
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
     from gmmvae.model import GMMVAE
 
-    try:
+    with _user_errors():
         _check_output(out, force)
         adata = _read(data)
         GMMVAE.setup_anndata(
@@ -156,8 +178,6 @@ def train(
         )
         model.train(max_epochs, batch_size=batch_size, seed=seed, accelerator=accelerator)
         model.save(out, overwrite=force)
-    except (GMMVAEInputError, FileExistsError, FileNotFoundError) as err:
-        _fail(err)
     console.print(f"Saved {model!r} to {out} ({len(model.history)} epochs).")
 
 
@@ -174,18 +194,15 @@ def annotate(
 ) -> None:
     """Predict cell types (q(y|x)) for DATA; writes obs[KEY_label], KEY_confidence, KEY_novel."""
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
     from gmmvae.model import GMMVAE
 
-    try:
+    with _user_errors():
         _check_output(out, force)
         adata = _read(data)
         model = GMMVAE.load(model_dir, adata=adata)
         model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
         model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
-    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
     counts = adata.obs[f"{key_added}_label"].value_counts()
     table = Table("label", "cells")
     for label, n in counts.items():
@@ -204,17 +221,14 @@ def embed(
 ) -> None:
     """Write the latent embedding of DATA into obsm (for sc.pp.neighbors(use_rep=...))."""
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
     from gmmvae.model import GMMVAE
 
-    try:
+    with _user_errors():
         _check_output(out, force)
         adata = _read(data)
         model = GMMVAE.load(model_dir, adata=adata)
         latent = model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
-    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
     console.print(f"Wrote {out} with obsm['X_{key_added}'] of shape {latent.shape}.")
 
 
@@ -243,13 +257,12 @@ def generate(
 ) -> None:
     """Generate synthetic cells (counts) from a trained model."""
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
     from gmmvae.model import GMMVAE
 
-    try:
+    with _user_errors():
         _check_output(out, force)
         model = GMMVAE.load(model_dir)
-        size = library_size if library_size == "empirical" else float(library_size)
+        size = library_size if library_size == "empirical" else _number(library_size)
         synthetic = model.generate(
             n,
             cell_type=cell_type or None,
@@ -259,10 +272,6 @@ def generate(
             seed=seed,
         )
         synthetic.write_h5ad(out)
-    except ValueError as err:  # GMMVAEInputError, or a library size that is not a number
-        _fail(err if isinstance(err, GMMVAEInputError) else GMMVAEInputError(str(err)))
-    except (FileNotFoundError, FileExistsError) as err:
-        _fail(err)
     console.print(f"Wrote {synthetic.n_obs} synthetic cells to {out}.")
 
 
@@ -300,11 +309,10 @@ def demo(
     Gaussian likelihood). With --data FILE --labels-key KEY: any count file (NB likelihood).
     """
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
     from gmmvae.datasets import pbmc68k
     from gmmvae.demo import run_demo, select_genes
 
-    try:
+    with _user_errors():
         if data is None:
             name, adata, likelihood, key = (
                 "pbmc68k_reduced (bundled)",
@@ -329,8 +337,6 @@ def demo(
             seed=seed,
             out_dir=out_dir,
         )
-    except (GMMVAEInputError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
     table = Table(title=f"gmmvae demo ({result.n_types} types, seed {seed})")
     table.add_column("task")
     table.add_column("score", justify="right")

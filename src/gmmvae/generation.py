@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
+from gmmvae._seed import seeded_rng
 from gmmvae.data import GMMVAEInputError
 from gmmvae.distributions import sample_counts
 
@@ -172,9 +173,7 @@ def generate(
     device = next(module.parameters()).device
     module.eval()
     chunks = []
-    generator_state = torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))
-    with generator_state, torch.no_grad():
-        torch.manual_seed(seed)
+    with seeded_rng(seed), torch.no_grad():
         for start in range(0, n, _CHUNK):
             part = slice(start, start + _CHUNK)
             z = module.sample_latent(_tensor(components[part], device))

@@ -6,8 +6,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from anndata import AnnData
 
 from gmmvae import data as _data
+from gmmvae._seed import seeded_rng
 from gmmvae.data import GMMVAEInputError
 from gmmvae.generation import generate, training_summary
 from gmmvae.initialisation import MixtureInitialisation
@@ -29,14 +29,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANT: Variant = "exact"
 DEFAULT_FREE_COMPONENTS = 1
-
-
-@contextmanager
-def _seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch inside a fork of its RNG (CPU and any GPUs): seeding stays local to the call."""
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        torch.manual_seed(seed)
-        yield
 
 
 class GMMVAE:
@@ -128,7 +120,7 @@ class GMMVAE:
             dirichlet_alpha=dirichlet_alpha,
             n_w=n_w,
         )
-        with _seeded_rng(seed):
+        with seeded_rng(seed):
             self.module = GMMVAEModule(self.config)
         self.adata: AnnData | None = adata
         self.history = pd.DataFrame()
@@ -297,7 +289,7 @@ class GMMVAE:
             init_loader = _data.make_loader(data.subset(train_idx), 1024, shuffle=False)
             callbacks.append(MixtureInitialisation(init_loader, mixture_init_epoch, seed))
         self.module.train()
-        with _seeded_rng(seed):
+        with seeded_rng(seed):
             history = fit(
                 plan,
                 train_loader,
@@ -545,7 +537,7 @@ class GMMVAE:
             model.registry = config["registry"]
             model.gene_names = list(config["gene_names"])
             model.component_names = list(config["component_names"])
-            with _seeded_rng(0):  # the throwaway initialisation must not touch global RNG
+            with seeded_rng(0):  # the throwaway initialisation must not touch global RNG
                 model.module = GMMVAEModule(model.config)
             model.module.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError) as err:
