@@ -16,6 +16,7 @@ from gmmvae.distributions import (
     kl_normal_normal,
     nb_log_prob,
     poisson_log_prob,
+    summed_log_likelihood,
     zinb_log_prob,
 )
 
@@ -160,3 +161,41 @@ def test_kl_normal_normal_broadcasts_cells_against_components():
     ours = kl_normal_normal(m_q[:, :1], lv_q[:, :1], m_p, lv_p)
     assert ours.shape == (B, K)
     torch.testing.assert_close(ours[:, 0], kl_normal_normal(m_q[:, 0], lv_q[:, 0], m_p[0], lv_p[0]))
+
+
+def _decoder_params(shape, seed=0):
+    """Parameters as the decoder emits them, for logits of ``shape`` ((B, G) or (B, K, G))."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    library = torch.rand(shape[0], generator=g, dtype=torch.float64) * 1e4 + 1
+    log_p = torch.log_softmax(logits, -1)
+    lib = library.view(-1, *([1] * (len(shape) - 1)))
+    G = shape[-1]
+    return {
+        "mu": lib * torch.exp(log_p),
+        "theta": torch.rand(G, generator=g, dtype=torch.float64) * 20 + 1e-3,
+        "log_p": log_p,
+        "library": library,
+        "dropout_logits": torch.randn(*shape, generator=g, dtype=torch.float64),
+        "mean": logits,
+        "log_var": torch.randn(G, generator=g, dtype=torch.float64),
+    }
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "gaussian"])
+@pytest.mark.parametrize("shape", [(6, 30), (6, 4, 30)])
+def test_summed_log_likelihood_equals_elementwise_sum(likelihood, shape):
+    """The factored sum (cell terms once, component terms per component) changes no value."""
+    params = _decoder_params(shape)
+    g = torch.Generator().manual_seed(1)
+    x = torch.poisson(torch.rand(shape[0], shape[-1], generator=g, dtype=torch.float64) * 30)
+    x_b = x.unsqueeze(1) if len(shape) == 3 else x
+    elementwise = {
+        "nb": lambda: nb_log_prob(x_b, params["mu"], params["theta"]),
+        "zinb": lambda: zinb_log_prob(x_b, params["mu"], params["theta"], params["dropout_logits"]),
+        "poisson": lambda: poisson_log_prob(x_b, params["mu"]),
+        "gaussian": lambda: gaussian_log_prob(x_b, params["mean"], params["log_var"]),
+    }[likelihood]().sum(-1)
+    summed = summed_log_likelihood(likelihood, x, params)
+    assert summed.shape == shape[:-1]
+    torch.testing.assert_close(summed, elementwise, rtol=1e-9, atol=1e-6)

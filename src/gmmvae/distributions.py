@@ -60,6 +60,54 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
     return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
 
 
+def _gene_dot(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sum over genes of ``values * x`` for values (B, G) or (B, K, G) and x (B, G).
+
+    The (B, K, G) case is a batched matrix product: one pass instead of a broadcast product
+    and a reduction, which is where the K-component ELBO spends its time.
+    """
+    if values.dim() == 3:
+        return torch.bmm(values, x.unsqueeze(-1)).squeeze(-1)
+    return (values * x).sum(-1)
+
+
+def summed_log_likelihood(
+    likelihood: str, x: torch.Tensor, params: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """log p(x|z) summed over genes: (B,) or (B, K) for parameters with a component axis.
+
+    ``x`` is (B, G); ``params`` come from the decoder, with ``log_p`` (log of the gene
+    proportions) and ``library`` for count likelihoods. NB and Poisson split into terms that
+    depend on the component (computed on (B, K, G) once each) and terms that depend on the cell
+    only (computed on (B, G)); equal to summing :func:`nb_log_prob` and friends over genes.
+    """
+    if likelihood == "gaussian":
+        mean, log_var = params["mean"], params["log_var"]
+        diff = mean - (x.unsqueeze(1) if mean.dim() == 3 else x)
+        weighted = (diff * diff) @ torch.exp(-log_var)
+        return -0.5 * (weighted + log_var.sum() + x.shape[-1] * math.log(2 * math.pi))
+    if likelihood == "zinb":
+        x_b = x.unsqueeze(1) if params["mu"].dim() == 3 else x
+        return zinb_log_prob(x_b, params["mu"], params["theta"], params["dropout_logits"]).sum(-1)
+    n_counts = x.sum(-1)
+    per_cell = n_counts * torch.log(params["library"]) - torch.lgamma(x + 1.0).sum(-1)
+    if likelihood == "poisson":
+        # sum_g mu_g is the library size: the proportions sum to one.
+        per_cell = per_cell - params["library"]
+        return _broadcast(per_cell, params["log_p"]) + _gene_dot(params["log_p"], x)
+    theta = params["theta"].clamp(min=_EPS, max=THETA_MAX)
+    per_cell = per_cell + torch.lgamma(x + theta).sum(-1)
+    per_cell = per_cell + (theta * torch.log(theta) - torch.lgamma(theta)).sum()
+    log_theta_mu = torch.log(theta + params["mu"])
+    component = _gene_dot(params["log_p"], x) - _gene_dot(log_theta_mu, x + theta)
+    return _broadcast(per_cell, params["log_p"]) + component
+
+
+def _broadcast(per_cell: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1) when the component-dependent part has a component axis."""
+    return per_cell.unsqueeze(-1) if like.dim() == 3 else per_cell
+
+
 def kl_normal_normal(
     m_q: torch.Tensor, logv_q: torch.Tensor, m_p: torch.Tensor, logv_p: torch.Tensor
 ) -> torch.Tensor:

@@ -25,13 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Dirichlet, kl_divergence
 
-from gmmvae.distributions import (
-    gaussian_log_prob,
-    kl_normal_normal,
-    nb_log_prob,
-    poisson_log_prob,
-    zinb_log_prob,
-)
+from gmmvae.distributions import kl_normal_normal, summed_log_likelihood
 from gmmvae.nn import CovariateMLP, one_hot_covariates
 
 Likelihood = Literal["nb", "zinb", "poisson", "gaussian"]
@@ -60,6 +54,9 @@ class ModuleConfig:
     learn_mixture_weights: bool = False
     dirichlet_alpha: float = 1.0
     n_w: int = 8
+    # Exact variant: decode only this many components per cell (None: all K); see
+    # GMMVAEModule._evaluated_components.
+    components_per_cell: int | None = None
 
 
 @dataclass
@@ -211,23 +208,20 @@ class GMMVAEModule(nn.Module):
         if self.config.likelihood == "gaussian":
             return {"mean": out, "log_var": self.log_var_gene.clamp(-8.0, 8.0)}
         lib = library.view(-1, *([1] * (out.dim() - 1)))
-        params = {"mu": lib * torch.softmax(out, -1), "theta": torch.exp(self.log_theta)}
+        log_p = torch.log_softmax(out, -1)
+        params = {
+            "mu": lib * torch.exp(log_p),
+            "theta": torch.exp(self.log_theta),
+            "log_p": log_p,
+            "library": library,
+        }
         if self.config.likelihood == "zinb":
             params["dropout_logits"] = self.dropout_out(h)
         return params
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log p(x|z) summed over genes; ``x`` broadcasts against the parameters."""
-        lik = self.config.likelihood
-        if lik == "nb":
-            lp = nb_log_prob(x, params["mu"], params["theta"])
-        elif lik == "zinb":
-            lp = zinb_log_prob(x, params["mu"], params["theta"], params["dropout_logits"])
-        elif lik == "poisson":
-            lp = poisson_log_prob(x, params["mu"])
-        else:
-            lp = gaussian_log_prob(x, params["mean"], params["log_var"])
-        return lp.sum(-1)
+        """log p(x|z) summed over genes for ``x`` (B, G): (B,), or (B, K) for (B, K, d) latents."""
+        return summed_log_likelihood(self.config.likelihood, x, params)
 
     # ---------------------------------------------------------------------------------- loss
     def forward(
@@ -268,17 +262,17 @@ class GMMVAEModule(nn.Module):
         return torch.where(labelled, -(y_true * log_prior).sum(-1), kl)
 
     def _pretrain_terms(self, x, batch, q, labelled, y_true, kl_weight):
-        z = _reparameterise(q["z_mean"], q["z_logvar"])  # (B, K, d) or (B, d)
-        params = self.generative(z, library_size(x), batch["condition"], batch["batch"])
         zeros = torch.zeros_like(q["z_mean"])
         if self.config.variant == "exact":
-            rec = self.log_likelihood(x.unsqueeze(1), params)  # (B, K)
             kl = kl_normal_normal(q["z_mean"], q["z_logvar"], zeros, zeros)
             uniform = torch.full_like(y_true, 1.0 / self.config.n_components)
             weights = torch.where(labelled.unsqueeze(-1), y_true, uniform)
-            rec, kl = (weights * rec).sum(-1), (weights * kl).sum(-1)
+            rec = self._expected_reconstruction(x, batch, q, weights)
+            kl = (weights * kl).sum(-1)
             y_logits = q["y_logits"]
         else:
+            z = _reparameterise(q["z_mean"], q["z_logvar"])  # (B, d)
+            params = self.generative(z, library_size(x), batch["condition"], batch["batch"])
             rec = self.log_likelihood(x, params)
             kl = kl_normal_normal(q["z_mean"], q["z_logvar"], zeros, zeros)
             y_logits = self._shared_y_logits(q)
@@ -286,16 +280,48 @@ class GMMVAEModule(nn.Module):
         terms = {"elbo": elbo, "reconstruction": rec, "kl_z": kl, "kl_y": torch.zeros_like(kl)}
         return terms, y_logits
 
-    def _exact_terms(self, x, batch, q, labelled, y_true, kl_weight):
-        z = _reparameterise(q["z_mean"], q["z_logvar"])  # (B, K, d)
+    def _evaluated_components(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which components to decode per cell, and their weights in the expected likelihood.
+
+        All K by default. With ``components_per_cell = k < K``: the k - 1 heaviest under
+        ``weights`` (q(y|x), or the one-hot label) plus one drawn from the rest in proportion
+        to its weight, which stands in for the whole rest (a sum-and-sample estimate, exact in
+        expectation). The decoder pass then costs k / K of the full sum; once q(y|x) is
+        confident the rest carries almost no weight and the estimate is nearly exact.
+        """
+        K = weights.shape[-1]
+        k = self.config.components_per_cell
+        if k is None or k >= K:
+            index = torch.arange(K, device=weights.device).expand_as(weights)
+            return index, weights
+        # Tiny noise breaks ties at random (uniform weights in pre-training, one-hot labels).
+        scores = weights.detach() + 1e-6 * torch.rand_like(weights)
+        top = scores.topk(k - 1, dim=-1).indices  # (B, k-1)
+        rest = weights.detach().scatter(-1, top, 0.0) + 1e-12
+        drawn = torch.multinomial(rest, 1)  # (B, 1)
+        top_weights = weights.gather(-1, top)
+        rest_weight = (weights.sum(-1, keepdim=True) - top_weights.sum(-1, keepdim=True)).clamp(
+            min=0.0
+        )
+        return torch.cat([top, drawn], -1), torch.cat([top_weights, rest_weight], -1)
+
+    def _expected_reconstruction(self, x, batch, q, weights):
+        """E_q(y|x) E_q(z|x,y) log p(x|z) for the exact variant; (B,)."""
+        index, index_weights = self._evaluated_components(weights)  # (B, k)
+        gather = index.unsqueeze(-1).expand(-1, -1, q["z_mean"].shape[-1])
+        z = _reparameterise(q["z_mean"].gather(1, gather), q["z_logvar"].gather(1, gather))
         params = self.generative(z, library_size(x), batch["condition"], batch["batch"])
-        rec = self.log_likelihood(x.unsqueeze(1), params)  # (B, K)
+        rec = self.log_likelihood(x, params)  # (B, k)
+        return (index_weights * rec).sum(-1)
+
+    def _exact_terms(self, x, batch, q, labelled, y_true, kl_weight):
         mean, logvar = self.component_prior()
         kl_z = kl_normal_normal(q["z_mean"], q["z_logvar"], mean, logvar)  # (B, K)
         weights, q_y = self._component_weights(q["y_logits"], labelled, y_true)
         log_prior = self.log_mixture_weights().expand_as(q_y)
         kl_y = self._categorical_kl(q_y, log_prior, labelled, y_true)
-        rec_w, kl_z_w = (weights * rec).sum(-1), (weights * kl_z).sum(-1)
+        rec_w = self._expected_reconstruction(x, batch, q, weights)
+        kl_z_w = (weights * kl_z).sum(-1)
         elbo = rec_w - kl_weight * (kl_z_w + kl_y)
         terms = {"elbo": elbo, "reconstruction": rec_w, "kl_z": kl_z_w, "kl_y": kl_y}
         return terms, q["y_logits"]
