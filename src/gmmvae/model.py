@@ -18,6 +18,7 @@ from anndata import AnnData
 
 from gmmvae import data as _data
 from gmmvae._seed import seeded_rng
+from gmmvae.calibration import apply_temperature, fit_temperature
 from gmmvae.data import GMMVAEInputError
 from gmmvae.generation import generate, training_summary
 from gmmvae.initialisation import MixtureInitialisation
@@ -204,6 +205,7 @@ class GMMVAE:
         checkpoint_every: int = 10,
         resume: bool = False,
         progress_bar: bool = True,
+        calibrate: bool = True,
         **trainer_kwargs: Any,
     ) -> GMMVAE:
         """Fit the model to the AnnData it was built on.
@@ -241,6 +243,10 @@ class GMMVAE:
             the same data, options and seed, the result equals an uninterrupted run on CPU.
         progress_bar
             Show one progress bar over epochs.
+        calibrate
+            Fit a temperature for q(y|x) on the labelled cells of the validation split
+            (:mod:`gmmvae.calibration`; needs at least 30 of them, else T = 1) and apply it in
+            :meth:`predict`. Labels and accuracy are unchanged; confidences become calibrated.
         **trainer_kwargs
             Any other :class:`lightning.pytorch.Trainer` option (e.g. ``strategy``).
 
@@ -320,8 +326,19 @@ class GMMVAE:
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             "n_train_cells": len(train_idx),
             "mixture_init_epoch": mixture_init_epoch,
+            **self._calibrate(data.subset(val_idx), enabled=calibrate),
         }
         return self
+
+    def _calibrate(self, held_out: _data.CellData, *, enabled: bool) -> dict[str, Any]:
+        """Temperature of q(y|x) fitted on the labelled held-out (validation) cells."""
+        labels = held_out.labels.numpy()
+        labelled = labels >= 0
+        if not enabled or not labelled.any():
+            return {"temperature": 1.0, "n_calibration_cells": 0}
+        probs, _ = self._predict_cells(held_out.subset(np.flatnonzero(labelled)), 1024)
+        temperature = fit_temperature(probs, labels[labelled])
+        return {"temperature": temperature, "n_calibration_cells": int(labelled.sum())}
 
     def _summarise_training_cells(self, data: _data.CellData) -> dict[str, Any]:
         """What generation needs: composition, library sizes, condition and batch frequencies."""
@@ -441,7 +458,9 @@ class GMMVAE:
         """
         adata = self._resolve(adata)
         _data.ensure_actual(adata)
-        probs = self._posterior(adata, batch_size)["probs"].astype(np.float32)
+        probs = self._posterior(adata, batch_size)["probs"]
+        probs = apply_temperature(probs, self.train_params.get("temperature", 1.0))
+        probs = probs.astype(np.float32)
         best = probs.argmax(1)
         confidence = probs.max(1)
         n_labels = self.config.n_labels
