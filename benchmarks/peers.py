@@ -1,0 +1,474 @@
+"""Shared helpers for the peer benchmarks (clustering, semi_supervised, query, novelty).
+
+Datasets as the protocols of DESIGN.md §2 use them, and one runner per method so that every
+protocol trains gmmvae, scVI/scANVI, CellTypist and logistic regression the same way:
+
+- gmmvae: ``GMMVAE.setup_anndata`` + ``GMMVAE(...).train(max_epochs, seed=seed)``;
+- scVI / scANVI (scvi-tools 1.4): defaults, the same epoch cap per training phase, scANVI from
+  the pre-trained scVI model, scArches surgery (``load_query_data``) for a query with a new
+  condition; the batch size is chosen so that no training minibatch holds a single cell (scANVI
+  1.4.2 crashes in BatchNorm on one);
+- CellTypist 1.7: ``celltypist.train`` on the reference's log1p-CP10k (``check_expression=False``)
+  and ``celltypist.annotate`` with the trained model object (nothing is downloaded);
+- logistic regression on 50 PCs of log1p-CP10k.
+
+Every process runs on one CPU thread (2 cores are shared by several people here).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402 (thread variables first)
+import pandas as pd  # noqa: E402 (thread variables first)
+import torch  # noqa: E402 (thread variables first)
+from scipy import sparse  # noqa: E402 (thread variables first)
+
+from common import ResultStore, load_dataset, versions  # noqa: E402 (thread variables first)
+
+torch.set_num_threads(1)
+
+FIGURES = Path(__file__).resolve().parent / "figures"
+DATASETS = ("pbmc68k_reduced", "kang_all", "kang_control", "kang_all_condition")
+# Where training runs: "cpu" here; the device machine sets BENCH_ACCELERATOR=gpu.
+ACCELERATOR = os.environ.get("BENCH_ACCELERATOR", "cpu")
+MACHINE = os.environ.get("BENCH_MACHINE", "2-core CPU sandbox, 1 thread per process")
+UNKNOWN = "Unknown"
+# Rows from another machine go to their own files (e.g. BENCH_TAG=_gpu -> clustering_gpu.jsonl).
+TAG = os.environ.get("BENCH_TAG", "")
+
+
+@dataclass
+class Data:
+    """One benchmark dataset: counts (or log data) in X, with what every method needs."""
+
+    name: str
+    adata: object  # AnnData
+    labels_key: str
+    likelihood: str  # gmmvae likelihood: "nb" on counts, "gaussian" on log data
+    condition_key: str | None  # gmmvae condition_key; scVI/scANVI batch_key
+
+    @property
+    def truth(self) -> pd.Series:
+        return self.adata.obs[self.labels_key].astype(str)
+
+    @property
+    def scvi_likelihood(self) -> str:
+        return "normal" if self.likelihood == "gaussian" else "zinb"
+
+
+@functools.lru_cache(maxsize=4)
+def load(name: str) -> Data:
+    """pbmc68k_reduced (log data, 765 genes) or Kang (top-2,000 HVGs of all 2,000 cells)."""
+    if name == "pbmc68k_reduced":
+        adata, key, lik = load_dataset("pbmc68k_reduced")
+        return Data(name, adata, key, lik, None)
+    adata, key, lik = load_dataset("kang_pbmc_2k")
+    adata.obs["condition"] = adata.obs["condition"].astype(str)
+    if name == "kang_all":
+        return Data(name, adata, key, lik, None)
+    if name == "kang_all_condition":
+        return Data(name, adata, key, lik, "condition")
+    if name == "kang_control":
+        return Data(name, adata[adata.obs["condition"] == "control"].copy(), key, lik, None)
+    raise ValueError(f"unknown dataset {name!r}; known: {DATASETS}")
+
+
+def log_data(data: Data, adata=None) -> np.ndarray:
+    """Dense log1p-CP10k of the selected genes (pbmc68k: its log data as it ships)."""
+    adata = data.adata if adata is None else adata
+    x = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
+    x = x.astype(np.float64)
+    if data.likelihood == "gaussian":
+        return x
+    return np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1.0) * 1e4)
+
+
+def stratified_split(labels: pd.Series, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of query cells: a stratified random ``test_fraction`` of each type."""
+    rng = np.random.default_rng(seed)
+    query = np.zeros(len(labels), dtype=bool)
+    for _, pos in labels.groupby(labels.to_numpy()).indices.items():
+        n = round(test_fraction * len(pos))
+        query[rng.choice(pos, n, replace=False)] = True
+    return query
+
+
+# ----------------------------------------------------------------------------- methods
+def pca_fit(train_log: np.ndarray, seed: int, *others: np.ndarray) -> list[np.ndarray]:
+    """50 PCs of ``train_log`` by ``sc.pp.pca`` (scanpy defaults); ``others`` are projected.
+
+    Projection: centre on the training cells' mean, multiply by the training loadings.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    n_comps = min(50, train_log.shape[0] - 1, train_log.shape[1] - 1)
+    holder = ad.AnnData(train_log.astype(np.float32))
+    sc.pp.pca(holder, n_comps=n_comps, random_state=seed)
+    mean = train_log.mean(0)
+    loadings = holder.varm["PCs"]  # (genes, n_comps)
+    out = [holder.obsm["X_pca"]]
+    return out + [(o - mean) @ loadings for o in others]
+
+
+def logistic_regression(train_x, train_y, test_x) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels, class probabilities) of a multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(max_iter=3000).fit(train_x, np.asarray(train_y))
+    proba = lr.predict_proba(test_x)
+    return lr.classes_[proba.argmax(1)], proba
+
+
+def celltypist_predict(train_log, train_y, test_log, genes, seed: int):
+    """CellTypist trained on the reference's log1p-CP10k; (labels, per-class probabilities).
+
+    CellTypist's probabilities are one-vs-rest sigmoids (they need not sum to 1); its
+    confidence is the top one, as ``celltypist.annotate`` reports it.
+    """
+    import anndata as ad
+    import celltypist
+
+    logging.getLogger("celltypist").setLevel(logging.ERROR)
+    ref = ad.AnnData(train_log.astype(np.float32), var=pd.DataFrame(index=list(genes)))
+    ref.obs["label"] = np.asarray(train_y)
+    np.random.seed(seed)  # noqa: NPY002 (CellTypist's training draws from the global RNG)
+    model = celltypist.train(ref, "label", check_expression=False, n_jobs=1)
+    query = ad.AnnData(test_log.astype(np.float32), var=pd.DataFrame(index=list(genes)))
+    result = celltypist.annotate(query, model=model, majority_voting=False)
+    proba = result.probability_matrix
+    return result.predicted_labels["predicted_labels"].astype(str).to_numpy(), proba.to_numpy()
+
+
+def safe_batch_size(n_cells: int, n_labelled: int = 0, default: int = 128) -> int:
+    """Largest batch size <= default that leaves no one-cell training minibatch in scvi-tools.
+
+    scvi-tools puts ceil(0.9 n) cells in training (labelled and unlabelled cells split apart
+    for scANVI); a remainder of 1 makes BatchNorm fail in training mode.
+    """
+    n_unlab = n_cells - n_labelled
+    sizes = {math.ceil(0.9 * n_cells), math.floor(0.9 * n_cells)}
+    if n_labelled:
+        for f in (math.ceil, math.floor):
+            for g in (math.ceil, math.floor):
+                sizes.add(f(0.9 * n_labelled) + g(0.9 * n_unlab))
+                sizes.add(f(0.9 * n_labelled))
+    for bs in range(default, 16, -1):
+        if all(s % bs not in (1,) for s in sizes if s > 0):
+            return bs
+    return default
+
+
+def _scvi_train_kwargs(seed: int, max_epochs: int, batch_size: int) -> dict:
+    return {
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "accelerator": ACCELERATOR,
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+    }
+
+
+def _quiet_scvi(seed: int):
+    import scvi
+
+    scvi.settings.seed = seed
+    scvi.settings.num_threads = 1
+    scvi.settings.dl_num_workers = 0
+    for name in ("scvi", "lightning", "lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return scvi
+
+
+def scvi_latent(data: Data, seed: int, max_epochs: int):
+    """scVI latent of all cells (labels hidden); (latent, epochs run, batch size)."""
+    scvi = _quiet_scvi(seed)
+    adata = data.adata.copy()
+    scvi.model.SCVI.setup_anndata(adata, batch_key=data.condition_key)
+    model = scvi.model.SCVI(adata, gene_likelihood=data.scvi_likelihood)
+    bs = safe_batch_size(adata.n_obs)
+    model.train(**_scvi_train_kwargs(seed, max_epochs, bs))
+    return model.get_latent_representation(), len(model.history["elbo_train"]), bs
+
+
+def scanvi_semi(data: Data, masked: pd.Series, seed: int, max_epochs: int):
+    """scANVI on all cells with the masked labels; soft predictions (DataFrame) and epochs."""
+    scvi = _quiet_scvi(seed)
+    adata = data.adata.copy()
+    adata.obs["masked"] = masked.astype(str).to_numpy()
+    scvi.model.SCVI.setup_anndata(adata, labels_key="masked", batch_key=data.condition_key)
+    vae = scvi.model.SCVI(adata, gene_likelihood=data.scvi_likelihood)
+    bs = safe_batch_size(adata.n_obs, int((adata.obs["masked"] != UNKNOWN).sum()))
+    vae.train(**_scvi_train_kwargs(seed, max_epochs, bs))
+    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNKNOWN)
+    lvae.train(**_scvi_train_kwargs(seed, max_epochs, bs))
+    epochs = len(vae.history["elbo_train"]) + len(lvae.history["elbo_train"])
+    return lvae.predict(soft=True), epochs, bs
+
+
+def scanvi_query(data: Data, ref, query, seed: int, max_epochs: int, surgery: bool):
+    """scANVI trained on the labelled reference; predictions on the query.
+
+    ``surgery``: the query holds a condition the reference lacks (Kang control -> stimulated),
+    so the condition is the scVI batch and the query is mapped by scArches
+    (``SCANVI.load_query_data`` + training with the reference weights frozen); otherwise the
+    reference model predicts the query directly.
+    """
+    scvi = _quiet_scvi(seed)
+    ref = ref.copy()
+    query = query.copy()
+    query.obs[data.labels_key] = UNKNOWN  # query labels are not seen (and may be new types)
+    batch_key = "condition" if surgery else data.condition_key
+    scvi.model.SCVI.setup_anndata(ref, labels_key=data.labels_key, batch_key=batch_key)
+    vae = scvi.model.SCVI(ref, gene_likelihood=data.scvi_likelihood)
+    bs = safe_batch_size(ref.n_obs, ref.n_obs)
+    vae.train(**_scvi_train_kwargs(seed, max_epochs, bs))
+    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNKNOWN)
+    lvae.train(**_scvi_train_kwargs(seed, max_epochs, bs))
+    epochs = len(vae.history["elbo_train"]) + len(lvae.history["elbo_train"])
+    if surgery:
+        scvi.model.SCANVI.prepare_query_anndata(query, lvae)
+        qmodel = scvi.model.SCANVI.load_query_data(query, lvae)
+        qbs = safe_batch_size(query.n_obs)
+        kwargs = _scvi_train_kwargs(seed, max_epochs, qbs)
+        qmodel.train(**kwargs, plan_kwargs={"weight_decay": 0.0})
+        epochs += len(qmodel.history["elbo_train"])
+        return qmodel.predict(soft=True), epochs, bs
+    return lvae.predict(query, soft=True), epochs, bs
+
+
+def gmmvae_model(
+    data: Data,
+    adata,
+    seed: int,
+    max_epochs: int,
+    *,
+    variant: str = "exact",
+    labels_key: str | None = None,
+    n_components: int | None = None,
+    condition_key: str | None = None,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+):
+    """A trained gmmvae on ``adata`` (a copy is set up; the model holds it)."""
+    import gmmvae
+
+    adata = adata.copy()
+    gmmvae.GMMVAE.setup_anndata(
+        adata, labels_key=labels_key, condition_key=condition_key, unlabeled_category=UNKNOWN
+    )
+    model = gmmvae.GMMVAE(
+        adata,
+        n_components=n_components,
+        likelihood=data.likelihood,
+        variant=variant,
+        seed=seed,
+        **(model_kwargs or {}),
+    )
+    model.train(
+        max_epochs, seed=seed, progress_bar=False, accelerator=ACCELERATOR, **(train_kwargs or {})
+    )
+    return model
+
+
+# ------------------------------------------------------------------------------ scoring
+def classification_scores(truth, predicted, confidence) -> dict[str, float]:
+    from gmmvae import metrics
+
+    truth = np.asarray(truth).astype(str)
+    predicted = np.asarray(predicted).astype(str)
+    return {
+        "accuracy": metrics.accuracy(truth, predicted),
+        "macro_f1": metrics.macro_f1(truth, predicted),
+        "ece": metrics.expected_calibration_error(np.asarray(confidence), truth == predicted),
+    }
+
+
+def leiden_with_k(rep: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Leiden on the kNN graph of ``rep`` (scanpy defaults), resolution bisected to give ~k."""
+    import scanpy as sc
+
+    holder = sc.AnnData(np.zeros((len(rep), 1), dtype=np.float32))
+    holder.obsm["X_rep"] = np.asarray(rep, dtype=np.float32)
+    sc.pp.neighbors(holder, use_rep="X_rep", random_state=seed)
+    low, high, best = 0.05, 3.0, None
+    for _ in range(12):
+        res = (low + high) / 2
+        sc.tl.leiden(holder, resolution=res, random_state=seed, flavor="igraph", n_iterations=2)
+        n = holder.obs["leiden"].nunique()
+        if best is None or abs(n - k) < abs(best[0] - k):
+            best = (n, holder.obs["leiden"].to_numpy().copy())
+        if n == k:
+            break
+        low, high = (res, high) if n < k else (low, res)
+    return best[1]
+
+
+# ------------------------------------------------------------------------------- running
+def peer_versions() -> str:
+    return versions(
+        "gmmvae", "scvi-tools", "celltypist", "scikit-learn", "torch", "lightning", "scanpy"
+    )
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        return out.stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def command_line() -> str:
+    return "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")
+    np.seterr(all="ignore")
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi", "celltypist"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_rows(
+    store: ResultStore,
+    jobs: Iterable[tuple[dict, Callable[[], dict]]],
+    after_row: Callable[[], None] | None = None,
+) -> None:
+    """Run each (key, job) whose key is not in the store yet; one row per job.
+
+    A job that raises is logged with its traceback and recorded as ``{"error": ...}`` so the
+    grid carries on; error rows are retried on the next run (they do not count as done).
+    """
+    for key, job in jobs:
+        done = [r for r in store.rows() if all(r.get(k) == v for k, v in key.items())]
+        if any("error" not in r for r in done):
+            continue
+        start = time.perf_counter()
+        try:
+            row = job()
+        except Exception as exc:  # keep the grid going; the row says what broke
+            traceback.print_exc()
+            row = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        row.setdefault("seconds", time.perf_counter() - start)
+        full = {
+            **key,
+            **row,
+            "command": command_line(),
+            "versions": peer_versions(),
+            "machine": MACHINE,
+            "commit": git_commit(),
+        }
+        store.add(full)
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        print(key, shown, flush=True)
+        if after_row is not None:
+            after_row()
+
+
+def store(name: str) -> ResultStore:
+    """The result file of a protocol on this machine (``BENCH_TAG`` appended to the name)."""
+    return ResultStore(name + TAG)
+
+
+def ok_rows(store: ResultStore, **match) -> list[dict]:
+    """Rows without errors, the latest per (key without date) kept."""
+    rows = [r for r in store.rows() if "error" not in r]
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+# ------------------------------------------------------------------------------- figures
+def bar_chart(rows: list[dict], metric: str, path: Path, *, group: str = "dataset") -> None:
+    """Grouped bars of ``metric`` (mean ± sd over seeds), one group per ``group`` value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    frame = pd.DataFrame(rows)
+    stats = frame.groupby([group, "method"], sort=False)[metric].agg(["mean", "std"]).fillna(0)
+    groups = list(dict.fromkeys(frame[group]))
+    methods = list(dict.fromkeys(frame["method"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups) * max(1, len(methods) / 4), 3.6))
+    for i, m in enumerate(methods):
+        means = [stats["mean"].get((g, m), np.nan) for g in groups]
+        sds = [stats["std"].get((g, m), 0.0) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=sds, label=m, capsize=2)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2)
+    ax.set_xticklabels(groups, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_figure(truth, predicted, path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (true types as rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.crosstab(
+        pd.Series(np.asarray(truth).astype(str), name="true"),
+        pd.Series(np.asarray(predicted).astype(str), name="predicted"),
+    )
+    norm = table.div(table.sum(1), axis=0)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * norm.shape[1], 1.2 + 0.4 * norm.shape[0]))
+    ax.imshow(norm.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(norm.shape[1]))
+    ax.set_xticklabels(norm.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(norm.shape[0]))
+    ax.set_yticklabels(norm.index, fontsize=7)
+    for (i, j), v in np.ndenumerate(table.to_numpy()):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_predictions(store: ResultStore, key: dict, truth, predicted) -> None:
+    """Per-cell labels of one row (seed 0 only), for the confusion matrices."""
+    if key.get("seed") != 0:
+        return
+    store.add(
+        {
+            **key,
+            "truth": [str(t) for t in np.asarray(truth)],
+            "predicted": [str(p) for p in np.asarray(predicted)],
+        }
+    )
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
