@@ -10,9 +10,11 @@ import torch
 from scipy import sparse
 
 from gmmvae import GMMVAE, GMMVAEInputError, MissingKeyError
+from gmmvae import data as gmmvae_data
 from gmmvae.data import (
     REGISTRY_KEY,
     CellData,
+    ChunkedBatchSampler,
     MixedBatchSampler,
     align_genes,
     encode,
@@ -278,3 +280,77 @@ def test_sequential_loader_covers_all_cells_in_order(small):
     data = CellData(small.X, np.arange(300), np.zeros(300), np.zeros(300))
     labels = torch.cat([b["label"] for b in make_loader(data, 64, shuffle=False)])
     torch.testing.assert_close(labels, torch.arange(300))
+
+
+# ------------------------------------------------------------ data-parallel and on-disk data
+@pytest.mark.parametrize("world", [2, 3])
+def test_samplers_split_batches_across_ranks(monkeypatch, world):
+    """Under DDP every rank gets the same number of distinct batches; together they cover all."""
+    labels = np.where(np.arange(1000) % 20 == 0, 1, -1)
+    samplers = {
+        "mixed": lambda: MixedBatchSampler(labels, 64, seed=4),
+        "chunked": lambda: ChunkedBatchSampler(np.arange(1000), 64, seed=4, block_rows=300),
+    }
+    for make in samplers.values():
+        single = make()
+        single.set_epoch(2)
+        everything = [tuple(b) for b in single]
+        per_rank = []
+        for rank in range(world):
+            monkeypatch.setattr(gmmvae_data, "distributed_rank", lambda r=rank: (r, world))
+            sampler = make()
+            sampler.set_epoch(2)  # every rank builds the same epoch order from seed and epoch
+            per_rank.append([tuple(b) for b in sampler])
+            assert len(per_rank[-1]) == len(sampler)
+        monkeypatch.setattr(gmmvae_data, "distributed_rank", lambda: (0, 1))
+        assert len({len(batches) for batches in per_rank}) == 1  # equal steps: no rank waits
+        shared = [b for batches in per_rank for b in batches]
+        assert set(shared) == set(everything)  # wrapped-around padding repeats, never drops
+        assert len(shared) - len(everything) < world
+
+
+def test_chunked_sampler_keeps_batches_inside_blocks():
+    rows = np.sort(np.random.default_rng(0).choice(5000, 3000, replace=False))
+    sampler = ChunkedBatchSampler(rows, 100, seed=1, block_rows=512)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(np.concatenate(batches)) == list(range(3000))  # each cell once per epoch
+    for batch in batches:
+        blocks = np.unique(rows[batch] // 512)
+        assert len(blocks) == 1
+        assert 50 <= len(batch) <= 100
+    sampler.set_epoch(1)
+    assert [list(b) for b in sampler] != [list(b) for b in batches]
+
+
+@pytest.fixture
+def backed(small, tmp_path):
+    path = tmp_path / "small.h5ad"
+    small.write_h5ad(path)
+    yield anndata.read_h5ad(path, backed="r"), small
+    # the file handle is closed with the object
+
+
+def test_backed_cell_data_matches_in_memory(backed):
+    on_disk, in_memory = backed
+    assert gmmvae_data.is_on_disk(on_disk.X) and not gmmvae_data.is_on_disk(in_memory.X)
+    covariates = (np.arange(300) % 3, np.zeros(300), np.zeros(300))
+    rows = np.sort(np.random.default_rng(2).choice(300, 200, replace=False))
+    disk = CellData(on_disk.X, *covariates, rows=rows)
+    memory = CellData(in_memory.X, *covariates, rows=rows)
+    for index in ([0, 5, 3], list(range(199, 150, -1)), [0, 199]):  # one block, reversed, far
+        torch.testing.assert_close(disk[index]["x"], memory[index]["x"], rtol=0, atol=0)
+    np.testing.assert_allclose(
+        gmmvae_data.row_sums(on_disk.X), gmmvae_data.row_sums(in_memory.X), rtol=1e-6
+    )
+    loader = make_loader(disk, 32, shuffle=True, seed=0)
+    assert isinstance(loader.sampler, ChunkedBatchSampler)
+    assert sum(len(b["x"]) for b in loader) == 200
+
+
+def test_backed_dense_matrix_is_read_in_blocks(small, tmp_path):
+    small.X = small.X.toarray()
+    small.write_h5ad(tmp_path / "dense.h5ad")
+    on_disk = anndata.read_h5ad(tmp_path / "dense.h5ad", backed="r")
+    data = CellData(on_disk.X, np.zeros(300), np.zeros(300), np.zeros(300))
+    np.testing.assert_array_equal(data[[4, 2]]["x"].numpy(), small.X[[4, 2]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,45 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     model = gmmvae.GMMVAE(adata, n_components=2)
     with pytest.raises(GMMVAEInputError, match="checkpoint_dir= first"):
         model.train(2, checkpoint_dir=tmp_path, resume=True, progress_bar=False)
+
+
+# ------------------------------------------------------------- trainer options and disk data
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"accelerator": "tpu-please"}, "tpu-please"), ({"strategy": "no-such-strategy"}, "no-such")],
+)
+def test_trainer_options_lightning_rejects_are_passed_through(small, options, named):
+    import gmmvae
+
+    gmmvae.GMMVAE.setup_anndata(small)
+    model = gmmvae.GMMVAE(small, n_components=3)
+    with pytest.raises(gmmvae.GMMVAEInputError, match="Lightning rejected") as info:
+        model.train(1, progress_bar=False, **options)
+    assert named in str(info.value)
+    assert info.value.__cause__ is not None  # Lightning's own error is kept
+
+
+def test_trains_from_a_backed_h5ad_and_leaves_the_file_untouched(small, tmp_path):
+    """A read-only backed file: minibatches come from disk blocks; results land in memory."""
+    import hashlib
+
+    import anndata
+
+    import gmmvae
+
+    path = tmp_path / "cells.h5ad"
+    gmmvae.GMMVAE.setup_anndata(small)
+    small.write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    backed = anndata.read_h5ad(path, backed="r")
+    model = gmmvae.GMMVAE(backed, n_components=3, seed=0)
+    model.train(3, seed=0, progress_bar=False, batch_size=64)
+    assert np.isfinite(model.history["train_loss"]).all()
+    model.predict(backed)
+    latent = model.get_latent(backed)
+    assert latent.shape == (small.n_obs, model.config.n_latent)
+    assert backed.obs["gmmvae_label"].notna().all()
+    # The same weights give the same answers on the in-memory copy of the data.
+    np.testing.assert_allclose(model.get_latent(small), latent, rtol=1e-5, atol=1e-6)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Sampler
 
 REGISTRY_KEY = "_gmmvae"
 _CHUNK = 10_000  # rows checked at a time, so that validating dense data allocates little
+# Rows read at once from a backed (on-disk) matrix; minibatches are drawn within such blocks.
+BACKED_BLOCK_ROWS = 8192
 
 
 class GMMVAEInputError(ValueError):
@@ -69,12 +71,38 @@ def get_matrix(adata: AnnData, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+def is_on_disk(matrix: Any) -> bool:
+    """True for a backed matrix (``read_h5ad(..., backed="r")``), read lazily from the file."""
+    return not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray))
+
+
+def read_rows(matrix: Any, rows: slice | np.ndarray) -> Any:
+    """Rows of an in-memory or on-disk matrix, in memory: CSR if sparse, else an ndarray."""
+    block = matrix[rows]
+    if sparse.issparse(block):
+        return block if isinstance(block, sparse.csr_matrix) else sparse.csr_matrix(block)
+    return np.asarray(block)
+
+
+def row_blocks(matrix: Any, size: int = _CHUNK) -> Iterator[Any]:
+    """Consecutive blocks of ``size`` rows, in memory one at a time (bounded memory on disk)."""
+    for start in range(0, matrix.shape[0], size):
+        yield read_rows(matrix, slice(start, start + size))
+
+
+def row_sums(matrix: Any, *, absolute: bool = False) -> np.ndarray:
+    """Per-cell sums (of absolute values), streamed over blocks for on-disk matrices."""
+    blocks = row_blocks(matrix) if is_on_disk(matrix) else [matrix]
+    sums = [np.asarray((abs(b) if absolute else b).sum(axis=1)).ravel() for b in blocks]
+    return np.concatenate(sums) if sums else np.zeros(0)
+
+
 def _row_chunks(matrix: Any) -> Iterator[np.ndarray]:
     if sparse.issparse(matrix):
         yield np.asarray(matrix.data)
         return
-    for start in range(0, matrix.shape[0], _CHUNK):
-        yield np.asarray(matrix[start : start + _CHUNK])
+    for block in row_blocks(matrix):
+        yield np.asarray(block.data) if sparse.issparse(block) else block
 
 
 def check_values(matrix: Any, *, counts: bool, where: str) -> None:
@@ -273,6 +301,8 @@ class CellData(torch.utils.data.Dataset):
         if sparse.issparse(matrix) and not isinstance(matrix, sparse.csr_matrix | sparse.csr_array):
             matrix = sparse.csr_matrix(matrix)  # row slicing needs CSR
         self.matrix = matrix
+        self.on_disk = is_on_disk(matrix)
+        self._block: tuple[int, int, Any] | None = None  # rows [start, stop) of a backed file
         self.gene_index = gene_index
         self.rows = np.arange(matrix.shape[0]) if rows is None else np.asarray(rows)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -293,9 +323,32 @@ class CellData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _read(self, rows: np.ndarray) -> Any:
+        """Rows of a backed matrix: from the block in memory, reading a new block if needed.
+
+        Minibatches from :class:`ChunkedBatchSampler` fall inside one block of
+        ``BACKED_BLOCK_ROWS`` consecutive rows, so each block is read from disk once per epoch
+        and at most one block is held in memory.
+        """
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if self._block is None or lo < self._block[0] or hi > self._block[1]:
+            if hi - lo > BACKED_BLOCK_ROWS:  # scattered rows: read just those, in file order
+                order = np.argsort(rows, kind="stable")
+                block = read_rows(self.matrix, rows[order])
+                return block[np.argsort(order, kind="stable")]
+            start = lo // BACKED_BLOCK_ROWS * BACKED_BLOCK_ROWS
+            stop = min(max(start + BACKED_BLOCK_ROWS, hi), self.matrix.shape[0])
+            self._block = (start, stop, read_rows(self.matrix, slice(start, stop)))
+        start, _, block = self._block
+        return block[rows - start]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers (ddp_spawn) reopen nothing: the cached block is not pickled.
+        return {**self.__dict__, "_block": None}
+
     def __getitem__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
         index = np.asarray(index)
-        rows = self.matrix[self.rows[index]]
+        rows = self._read(self.rows[index]) if self.on_disk else self.matrix[self.rows[index]]
         rows = rows.toarray() if sparse.issparse(rows) else np.asarray(rows)
         if self.gene_index is not None:
             rows = rows[:, self.gene_index]
@@ -307,25 +360,70 @@ class CellData(torch.utils.data.Dataset):
         }
 
 
-class MixedBatchSampler(Sampler[list[int]]):
-    """Minibatches of indices in which labelled cells appear in every batch.
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) inside a torch.distributed job (DDP), (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Minibatches of indices, reshuffled every epoch and split across data-parallel ranks.
+
+    Each epoch's batches come from ``seed`` and the epoch that Lightning passes to
+    :meth:`set_epoch`, so a resumed run sees the same batches and every DDP rank builds the
+    same list. Rank r of w takes batches r, r + w, ...; the list wraps around so that every
+    rank runs the same number of steps (a rank that finished early would hang the others),
+    as torch's ``DistributedSampler`` does with samples.
+    """
+
+    def __init__(self, batch_size: int, *, shuffle: bool = True, seed: int = 0) -> None:
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def n_batches(self) -> int:
+        """Batches per epoch over all ranks."""
+        raise NotImplementedError
+
+    def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The epoch's batches (index arrays), before splitting across ranks."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch (as for DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_batches / distributed_rank()[1])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(np.random.default_rng([self.seed, self.epoch]))
+        rank, world = distributed_rank()
+        if world > 1:
+            padded = math.ceil(len(batches) / world) * world
+            batches = (batches * math.ceil(padded / max(len(batches), 1)))[:padded][rank::world]
+        for batch in batches:
+            yield batch.tolist()
+
+
+class MixedBatchSampler(EpochBatchSampler):
+    """Shuffled minibatches in which labelled cells appear in every batch.
 
     With few labels (say 1 %), uniform batches would hold two or three labelled cells; here each
     batch gets ``max(ceil(batch_size * fraction), batch_size // 8)`` labelled cells, cycling over
     a fresh permutation of them, and the rest unlabelled. Without labels, or with all cells
-    labelled, it is plain shuffled batching. Each epoch reshuffles from ``seed`` and the epoch
-    that Lightning passes to :meth:`set_epoch`, so a resumed run sees the same batches.
+    labelled, it is plain shuffled batching.
     """
 
     def __init__(
         self, labels: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0
     ) -> None:
+        super().__init__(batch_size, shuffle=shuffle, seed=seed)
         self.labelled = np.flatnonzero(labels >= 0)
         self.unlabelled = np.flatnonzero(labels < 0)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
         n = len(labels)
         # A one-cell batch cannot hold both kinds: fall back to plain shuffling.
         self.mixed = 0 < len(self.labelled) < n and batch_size >= 2
@@ -333,42 +431,78 @@ class MixedBatchSampler(Sampler[list[int]]):
             share = max(math.ceil(batch_size * len(self.labelled) / n), batch_size // 8, 1)
             self.n_labelled_per_batch = min(share, len(self.labelled), batch_size - 1)
             per_batch = batch_size - self.n_labelled_per_batch
-            self.n_batches = math.ceil(len(self.unlabelled) / per_batch)
+            self._n_batches = math.ceil(len(self.unlabelled) / per_batch)
         else:
-            self.n_batches = math.ceil(n / batch_size)
+            self._n_batches = math.ceil(n / batch_size)
 
-    def __len__(self) -> int:
-        return self.n_batches
+    @property
+    def n_batches(self) -> int:
+        return self._n_batches
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch (as for DistributedSampler)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         order = rng.permutation if self.shuffle else np.asarray
         if not self.mixed:
             idx = order(np.arange(len(self.labelled) + len(self.unlabelled)))
-            for start in range(0, len(idx), self.batch_size):
-                yield idx[start : start + self.batch_size].tolist()
-            return
+            return [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         unlabelled = order(self.unlabelled)
         per_batch = self.batch_size - self.n_labelled_per_batch
         n_needed = self.n_batches * self.n_labelled_per_batch
         reps = math.ceil(n_needed / len(self.labelled))
         labelled = np.concatenate([order(self.labelled) for _ in range(reps)])
-        for b in range(self.n_batches):
-            u = unlabelled[b * per_batch : (b + 1) * per_batch]
-            lab = labelled[b * self.n_labelled_per_batch : (b + 1) * self.n_labelled_per_batch]
-            yield np.concatenate([u, lab]).tolist()
+        k = self.n_labelled_per_batch
+        return [
+            np.concatenate(
+                [unlabelled[b * per_batch : (b + 1) * per_batch], labelled[b * k : (b + 1) * k]]
+            )
+            for b in range(self.n_batches)
+        ]
+
+
+class ChunkedBatchSampler(EpochBatchSampler):
+    """Shuffled minibatches drawn within blocks of consecutive rows, for backed (on-disk) data.
+
+    Random rows of an h5ad file cost one disk read each; here the blocks of
+    ``block_rows`` consecutive rows come in a random order and each block's cells are shuffled
+    and cut into near-equal batches, so training reads every block once per epoch, in order
+    within the block. Labelled cells are not spread over batches as
+    :class:`MixedBatchSampler` does (that would read scattered rows).
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        block_rows: int = BACKED_BLOCK_ROWS,
+    ) -> None:
+        super().__init__(batch_size, shuffle=shuffle, seed=seed)
+        block_of = np.asarray(rows) // block_rows
+        starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
+        # Positions grouped by block (rows are sorted, as subsets of the split are).
+        self.blocks = np.split(np.arange(len(rows)), starts[1:])
+        self._n_batches = sum(math.ceil(len(b) / batch_size) for b in self.blocks)
+
+    @property
+    def n_batches(self) -> int:
+        return self._n_batches
+
+    def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation if self.shuffle else np.asarray
+        batches: list[np.ndarray] = []
+        for b in order(np.arange(len(self.blocks))):
+            cells = order(self.blocks[b])
+            batches += np.array_split(cells, math.ceil(len(cells) / self.batch_size))
+        return batches
 
 
 def make_loader(data: CellData, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
     """DataLoader that slices whole minibatches at once (one sparse slice per batch)."""
-    if shuffle:
-        sampler: Sampler = MixedBatchSampler(
-            data.labels.numpy(), batch_size, shuffle=True, seed=seed
-        )
+    if shuffle and data.on_disk:
+        sampler: Sampler = ChunkedBatchSampler(data.rows, batch_size, shuffle=True, seed=seed)
+    elif shuffle:
+        sampler = MixedBatchSampler(data.labels.numpy(), batch_size, shuffle=True, seed=seed)
     else:
         sampler = torch.utils.data.BatchSampler(
             torch.utils.data.SequentialSampler(data), batch_size, drop_last=False

@@ -136,6 +136,9 @@ class MixtureInitialisation(Callback):
         cells = encode_cells(module, self.loader)
         K = module.config.n_components
         means, logvars = initial_mixture(cells["latent"], cells["labels"], K, self.seed)
+        # Every DDP rank computes the same placement; rank 0's is broadcast so that they agree
+        # to the bit (k-means ties, thread counts).
+        means, logvars = trainer.strategy.broadcast((means, logvars), src=0)
         with torch.no_grad():
             module.prior_mean.copy_(torch.from_numpy(means))
             module.prior_logvar.copy_(torch.from_numpy(logvars))
@@ -144,3 +147,5 @@ class MixtureInitialisation(Callback):
         if module.config.variant == "exact" and module.config.n_labels == 0:
             targets = nearest_component(cells["latent"], cells["labels"], means, logvars)
             fit_assignment_head(module.y_logits, cells["features"], targets, self.seed)
+            head = {k: v.cpu() for k, v in module.y_logits.state_dict().items()}
+            module.y_logits.load_state_dict(trainer.strategy.broadcast(head, src=0))

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANT: Variant = "exact"
 DEFAULT_FREE_COMPONENTS = 1
+_INIT_CELLS = 50_000  # cells encoded to place the mixture components
 
 
 class GMMVAE:
@@ -61,6 +62,11 @@ class GMMVAE:
         Learn the mixture weights pi instead of keeping them uniform.
     dirichlet_alpha, n_w
         Dirichlet concentration and w-latent size of the ``"dirichlet"`` variant.
+    components_per_cell
+        ``"exact"`` variant only: decode this many components per cell in each training step
+        (the k - 1 most likely under q(y|x) plus one drawn from the rest, an unbiased estimate
+        of the sum over all K) instead of all K. Steps cost about k / K of the full sum; ``None``
+        decodes all components.
     seed
         Seed of the weight initialisation.
     """
@@ -81,12 +87,18 @@ class GMMVAE:
         learn_mixture_weights: bool = False,
         dirichlet_alpha: float = 1.0,
         n_w: int = 8,
+        components_per_cell: int | None = None,
         seed: int = 0,
     ) -> None:
         if likelihood not in LIKELIHOODS:
             raise GMMVAEInputError(f"likelihood {likelihood!r} is not one of {LIKELIHOODS}.")
         if variant not in VARIANTS:
             raise GMMVAEInputError(f"variant {variant!r} is not one of {VARIANTS}.")
+        if components_per_cell is not None and components_per_cell < 2:
+            raise GMMVAEInputError(
+                f"components_per_cell={components_per_cell} must be at least 2 (the most likely "
+                "component plus one drawn from the rest), or None to decode all components."
+            )
         registry = dict(_data.get_registry(adata))
         matrix = _data.get_matrix(adata, registry["layer"])
         _data.check_values(matrix, counts=likelihood != "gaussian", where=_where(registry))
@@ -120,6 +132,7 @@ class GMMVAE:
             learn_mixture_weights=learn_mixture_weights,
             dirichlet_alpha=dirichlet_alpha,
             n_w=n_w,
+            components_per_cell=components_per_cell,
         )
         with seeded_rng(seed):
             self.module = GMMVAEModule(self.config)
@@ -292,7 +305,11 @@ class GMMVAE:
             n_epochs_kl_warmup = max(2 * mixture_init_epoch, 10)
         plan = TrainingPlan(self.module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup)
         if mixture_init_epoch >= 0:
-            init_loader = _data.make_loader(data.subset(train_idx), 1024, shuffle=False)
+            # k-means needs no more than _INIT_CELLS cells; on disk they are read block by block.
+            init_idx = train_idx
+            if len(train_idx) > _INIT_CELLS:
+                init_idx = np.sort(rng.choice(train_idx, _INIT_CELLS, replace=False))
+            init_loader = _data.make_loader(data.subset(init_idx), 1024, shuffle=False)
             callbacks.append(MixtureInitialisation(init_loader, mixture_init_epoch, seed))
         self.module.train()
         with seeded_rng(seed):
@@ -358,7 +375,7 @@ class GMMVAE:
 
     def _nonempty_cells(self, adata: AnnData) -> np.ndarray:
         matrix = _data.get_matrix(adata, self.registry["layer"])
-        sums = np.asarray(abs(matrix).sum(axis=1)).ravel()
+        sums = _data.row_sums(matrix, absolute=True)
         keep = np.flatnonzero(sums > 0)
         n_empty = adata.n_obs - len(keep)
         if n_empty:

@@ -10,8 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tqdm.auto import tqdm
 
+from gmmvae.data import GMMVAEInputError
 from gmmvae.module import GMMVAEModule, LossOutput
 
 CHECKPOINT_NAME = "checkpoint"
@@ -78,19 +80,13 @@ class TrainingPlan(pl.LightningModule):
         return kl_warmup_weight(self.current_epoch, self.n_epochs_kl_warmup)
 
     def _log_terms(self, out: LossOutput, prefix: str, batch_size: int) -> None:
-        self.log(f"{prefix}_loss", out.loss, on_epoch=True, on_step=False, batch_size=batch_size)
-        negative_elbo = -out.terms["elbo"].mean()
-        self.log(
-            f"{prefix}_neg_elbo", negative_elbo, on_epoch=True, on_step=False, batch_size=batch_size
-        )
+        # Epoch means, averaged over data-parallel ranks so that every rank sees the same
+        # validation loss and early stopping stops them all at the same epoch.
+        options = {"on_epoch": True, "on_step": False, "batch_size": batch_size, "sync_dist": True}
+        self.log(f"{prefix}_loss", out.loss, **options)
+        self.log(f"{prefix}_neg_elbo", -out.terms["elbo"].mean(), **options)
         for name, value in out.terms.items():
-            self.log(
-                f"{prefix}_{name}",
-                value.mean(),
-                on_epoch=True,
-                on_step=False,
-                batch_size=batch_size,
-            )
+            self.log(f"{prefix}_{name}", value.mean(), **options)
 
     def _check_finite(self, out: LossOutput, stage: str) -> None:
         if torch.isfinite(out.loss):
@@ -183,6 +179,32 @@ class EpochProgressBar(ProgressBar):
             self.bar = None
 
 
+# Pre-training leaves the mixture parameters unused, and the exact variant's q(y|x) head gets no
+# gradient then either: DDP must be told, or it stops at the first step.
+_DDP_WITH_UNUSED = {
+    "ddp": "ddp_find_unused_parameters_true",
+    "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork": "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook": "ddp_notebook_find_unused_parameters_true",
+}
+
+
+def _make_trainer(**options: Any) -> pl.Trainer:
+    """``pl.Trainer(**options)``; options Lightning rejects raise our error, with its reason."""
+    strategy = options.get("strategy")
+    if isinstance(strategy, str) and strategy in _DDP_WITH_UNUSED:
+        options["strategy"] = _DDP_WITH_UNUSED[strategy]
+    try:
+        return pl.Trainer(**options)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        chosen = {k: options[k] for k in ("accelerator", "devices", "strategy") if k in options}
+        raise GMMVAEInputError(
+            f"Lightning rejected the trainer options {chosen}: {err} See "
+            "https://lightning.ai/docs/pytorch/stable/common/trainer.html for valid values; "
+            "accelerator='cpu' with devices=1 always works."
+        ) from err
+
+
 def fit(
     plan: TrainingPlan,
     train_loader: Any,
@@ -227,7 +249,7 @@ def fit(
         )
     callbacks += trainer_kwargs.pop("callbacks", [])
     with tempfile.TemporaryDirectory(prefix="gmmvae-") as root:
-        trainer = pl.Trainer(
+        trainer = _make_trainer(
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
@@ -239,6 +261,8 @@ def fit(
             gradient_clip_val=gradient_clip_val,
             default_root_dir=trainer_kwargs.pop("default_root_dir", root),
             callbacks=callbacks,
+            # Our samplers split batches across ranks themselves (gmmvae.data.EpochBatchSampler).
+            use_distributed_sampler=trainer_kwargs.pop("use_distributed_sampler", False),
             **trainer_kwargs,
         )
         with warnings.catch_warnings():
