@@ -176,3 +176,61 @@ def test_marker_overlap_is_one_for_identical_and_low_for_swapped_groups():
     assert same == {"a": 1.0, "b": 1.0}
     swapped = metrics.marker_overlap(data, groups, data, groups[::-1], genes, n=20)
     assert swapped["a"] < 0.2 and swapped["b"] < 0.2
+
+
+# ------------------------------------------------------------------ treatment-effect prediction
+def test_r2_pearson_is_scgens_and_r2_determination_is_sklearns():
+    from scipy.stats import linregress
+
+    rng = np.random.default_rng(3)
+    real = rng.gamma(2.0, 1.0, 300)
+    predicted = real + rng.normal(0, 0.5, 300)
+    assert metrics.r2_pearson(real, predicted) == pytest.approx(
+        linregress(real, predicted).rvalue ** 2
+    )
+    assert metrics.r2_determination(real, predicted) == pytest.approx(skm.r2_score(real, predicted))
+    # An offset and a scale error leave the squared correlation at 1, not the determination.
+    shifted = 2.0 * real + 1.0
+    assert metrics.r2_pearson(real, shifted) == pytest.approx(1.0)
+    assert metrics.r2_determination(real, shifted) < 0.0
+
+
+def test_energy_distance():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(200, 5))
+    assert metrics.energy_distance(a, a) == pytest.approx(0.0, abs=1e-12)
+    near = metrics.energy_distance(a, rng.normal(size=(200, 5)))
+    far = metrics.energy_distance(a, rng.normal(size=(200, 5)) + 2.0)
+    assert 0.0 <= near < 0.2 < far
+    assert metrics.energy_distance(a, a + 4.0) > far
+
+
+def test_top_degs_finds_planted_genes():
+    rng = np.random.default_rng(5)
+    control = rng.normal(1.0, 0.3, (80, 50)).clip(0)
+    stimulated = rng.normal(1.0, 0.3, (90, 50)).clip(0)
+    stimulated[:, [7, 3, 21]] += [3.0, 2.0, 1.0]  # up in the treated cells
+    stimulated[:, 40] -= 0.9  # down: ranks last
+    genes = [f"g{i}" for i in range(50)]
+    degs = metrics.top_degs(stimulated, control, genes, n=10)
+    assert len(degs) == 10
+    assert set(degs[:3]) == {"g7", "g3", "g21"}
+    assert "g40" not in degs
+
+
+def test_perturbation_scores():
+    rng = np.random.default_rng(6)
+    real = rng.gamma(1.0, 1.0, (60, 30))
+    genes = [f"g{i}" for i in range(30)]
+    scores = metrics.perturbation_scores(
+        real, real.copy(), genes, genes[:5], pcs=(real[:, :3], real[:, :3])
+    )
+    for key in ("mean_r2", "mean_r2_deg", "mean_r2_sklearn", "var_r2_sklearn_deg"):
+        assert scores[key] == pytest.approx(1.0)
+    assert scores["energy_distance"] == pytest.approx(0.0, abs=1e-12)
+    noisy = metrics.perturbation_scores(real, real + rng.normal(0, 1, real.shape), genes, genes)
+    assert noisy["mean_r2"] < 1.0 and "energy_distance" not in noisy
+    with pytest.raises(ValueError, match="columns"):
+        metrics.perturbation_scores(real, real[:, :5], genes, genes)
+    with pytest.raises(ValueError, match="DEG"):
+        metrics.perturbation_scores(real, real, genes, ["nope"])

@@ -275,6 +275,80 @@ def generate(
     console.print(f"Wrote {synthetic.n_obs} synthetic cells to {out}.")
 
 
+class PerturbMethod(StrEnum):
+    transfer = "transfer"
+    latent_shift = "latent_shift"
+    decoder = "decoder"
+
+
+@app.command()
+def perturb(
+    model_dir: ModelDir,
+    control: Annotated[
+        Path,
+        typer.Argument(help="Cells under --source (.h5ad, counts), e.g. control cells of a type."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad of predicted cells.")],
+    target: Annotated[
+        str, typer.Option(help="Condition to predict the cells under (seen in training).")
+    ] = "stimulated",
+    source: Annotated[
+        str, typer.Option(help="Condition the given cells are under (seen in training).")
+    ] = "control",
+    n_samples: Annotated[int, typer.Option(help="Cells of sampled counts per input cell.")] = 1,
+    method: Annotated[
+        PerturbMethod,
+        typer.Option(
+            help="transfer: the cell's reconstruction plus the decoder's response of the most "
+            "similar types seen treated; latent_shift: move z by those types' treated-minus-"
+            "control difference (both need --reference); decoder: only flip the decoder's "
+            "condition (the seed model's approach)."
+        ),
+    ] = PerturbMethod.transfer,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cells under both conditions with cell types (.h5ad, e.g. the training data), "
+            "from which transfer and latent_shift take the treatment response."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the sampled counts.")] = 0,
+    force: Force = False,
+) -> None:
+    """Predict how CONTROL cells respond to a treatment (treatment-effect prediction).
+
+    Writes sampled counts in X and layers['counts'], the predicted mean expression
+    (log1p CP10k) in layers['log_mean'], and obs['gmmvae_predicted'] = True.
+    """
+    _quiet_lightning()
+    from gmmvae.data import GMMVAEInputError
+    from gmmvae.model import GMMVAE
+
+    with _user_errors():
+        _check_output(out, force)
+        adata = _read(control)
+        ref = _read(reference) if reference is not None else None
+        if method is not PerturbMethod.decoder and ref is None:
+            raise GMMVAEInputError(
+                f"--method {method.value} needs --reference REF.h5ad: cells under both "
+                "conditions with cell types (e.g. the training data). Or pass --method decoder."
+            )
+        model = GMMVAE.load(model_dir, adata=adata)
+        predicted = model.predict_perturbation(
+            adata,
+            source=source,
+            target=target,
+            n_samples=n_samples,
+            seed=seed,
+            method=method.value,
+            reference=ref,
+        )
+        predicted.write_h5ad(out)
+    console.print(
+        f"Wrote {predicted.n_obs} predicted cells ({source} -> {target}, {method.value}) to {out}."
+    )
+
+
 @app.command()
 def demo(
     data: Annotated[

@@ -26,6 +26,7 @@ def simulate(
     marker_fraction: float = 0.05,
     marker_log_fold: float = 1.5,
     mean_library_size: float | None = None,
+    response_log_fold: float = 1.5,
 ) -> AnnData:
     """Simulate negative-binomial counts with cell types, treatment responses and batches.
 
@@ -49,6 +50,9 @@ def simulate(
     mean_library_size
         Geometric mean of the library sizes; default ``0.5 * n_genes`` reads, which gives the
         85-90 % zeros of droplet data.
+    response_log_fold
+        Mean natural-log fold change of the shared response genes under a condition after the
+        first, before each type's strength (uniform in [0.5, 1.5]) scales it.
 
     Returns
     -------
@@ -70,7 +74,7 @@ def simulate(
     response = np.zeros((n_conditions, n_types, n_genes))
     shared_genes = rng.choice(n_genes, max(1, n_genes // 10), replace=False)
     for c in range(1, n_conditions):
-        shared = rng.normal(1.5, 0.5, len(shared_genes))
+        shared = rng.normal(response_log_fold, 0.5, len(shared_genes))
         strength = rng.uniform(0.5, 1.5, n_types)  # types respond to different degrees
         response[c][:, shared_genes] = strength[:, None] * shared
         for t in range(n_types):
@@ -111,6 +115,7 @@ def simulate(
         "marker_fraction": marker_fraction,
         "marker_log_fold": marker_log_fold,
         "mean_library_size": mean_library_size,
+        "response_log_fold": response_log_fold,
     }
     return adata
 

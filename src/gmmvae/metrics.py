@@ -181,3 +181,89 @@ def marker_overlap(
     real_m = _top_markers(real, np.asarray(real_groups).astype(str), genes, n)
     syn_m = _top_markers(synthetic, np.asarray(synthetic_groups).astype(str), genes, n)
     return {g: len(real_m[g] & syn_m.get(g, set())) / n for g in real_m}
+
+
+# ------------------------------------------------------------------ treatment-effect prediction
+def r2_pearson(real: Sequence[float], predicted: Sequence[float]) -> float:
+    """scGen's "R²": the squared Pearson correlation (``linregress(...).rvalue ** 2``)."""
+    from scipy.stats import linregress
+
+    return float(linregress(np.asarray(real, float), np.asarray(predicted, float)).rvalue ** 2)
+
+
+def r2_determination(real: Sequence[float], predicted: Sequence[float]) -> float:
+    """Coefficient of determination with ``real`` as the truth (``sklearn.metrics.r2_score``,
+    as CPA reports); unlike the squared correlation it penalises offsets and scale errors."""
+    return float(skm.r2_score(np.asarray(real, float), np.asarray(predicted, float)))
+
+
+def top_degs(
+    stimulated: np.ndarray,
+    control: np.ndarray,
+    genes: Sequence[str],
+    n: int = 100,
+) -> list[str]:
+    """The first ``n`` genes of ``sc.tl.rank_genes_groups`` (Wilcoxon), stimulated vs control.
+
+    Inputs are log1p-CP10k matrices (cells x genes) of real cells of one type; genes are
+    ranked by the score of the stimulated group, as scGen's evaluation does.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    holder = ad.AnnData(
+        np.vstack([stimulated, control]).astype(np.float32),
+        obs=pd.DataFrame(
+            {"g": pd.Categorical(["stim"] * len(stimulated) + ["ctrl"] * len(control))},
+            index=[str(i) for i in range(len(stimulated) + len(control))],
+        ),
+    )
+    holder.var_names = [str(g) for g in genes]
+    sc.tl.rank_genes_groups(holder, "g", groups=["stim"], reference="ctrl", method="wilcoxon")
+    return [str(g) for g in holder.uns["rank_genes_groups"]["names"]["stim"][:n]]
+
+
+def energy_distance(a: np.ndarray, b: np.ndarray, *, max_cells: int = 2000, seed: int = 0) -> float:
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (V-statistic) between two sets of
+    cells (rows, e.g. PC scores); 0 when the distributions coincide."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(seed)
+    a = np.asarray(a, float)[rng.permutation(len(a))[:max_cells]]
+    b = np.asarray(b, float)[rng.permutation(len(b))[:max_cells]]
+    return float(2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean())
+
+
+def perturbation_scores(
+    real: np.ndarray,
+    predicted: np.ndarray,
+    genes: Sequence[str],
+    degs: Sequence[str],
+    *,
+    pcs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """R² of per-gene means and variances, predicted vs real treated cells, on all genes and
+    on ``degs``; energy distance on ``pcs`` = (real scores, predicted scores) when given.
+
+    ``real`` and ``predicted`` are log1p-CP10k matrices (cells x genes) with columns ``genes``.
+    Keys: ``{mean,var}_r2[_deg]`` (squared Pearson, the headline) and
+    ``{mean,var}_r2_sklearn[_deg]`` (coefficient of determination), ``energy_distance``.
+    """
+    real, predicted = np.asarray(real, float), np.asarray(predicted, float)
+    if real.shape[1] != predicted.shape[1] or real.shape[1] != len(genes):
+        raise ValueError(
+            f"real {real.shape} and predicted {predicted.shape} must have len(genes) = "
+            f"{len(genes)} columns."
+        )
+    position = pd.Index([str(g) for g in genes]).get_indexer([str(g) for g in degs])
+    if (position < 0).any():
+        raise ValueError("every DEG must be one of genes.")
+    scores: dict[str, float] = {}
+    for name, stat in (("mean", np.mean), ("var", np.var)):
+        r, p = stat(real, axis=0), stat(predicted, axis=0)
+        for suffix, idx in (("", slice(None)), ("_deg", position)):
+            scores[f"{name}_r2{suffix}"] = r2_pearson(r[idx], p[idx])
+            scores[f"{name}_r2_sklearn{suffix}"] = r2_determination(r[idx], p[idx])
+    if pcs is not None:
+        scores["energy_distance"] = energy_distance(*pcs)
+    return scores

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -542,6 +542,89 @@ class GMMVAE:
             batch=batch,
             library_size=library_size,
             seed=seed,
+        )
+
+    # ---------------------------------------------------------------------- perturbation
+    def predict_perturbation(
+        self,
+        adata: AnnData,
+        *,
+        source: str = "control",
+        target: str = "stimulated",
+        n_samples: int = 1,
+        seed: int = 0,
+        method: Literal["transfer", "latent_shift", "decoder"] = "transfer",
+        reference: AnnData | None = None,
+        weighting: Literal["similarity", "uniform"] = "similarity",
+        n_mc: int = 32,
+        batch_size: int = 1024,
+    ) -> AnnData:
+        """Counterfactual cells: how the given ``source`` cells would look under ``target``.
+
+        Each cell is encoded under ``source`` with its type (its label when the model has
+        labels and ``adata`` carries them, else its most probable component) and decoded
+        under ``target``. Works with any number of conditions; the predicted cell type may
+        have had no ``target`` cells in training.
+
+        Parameters
+        ----------
+        adata
+            The cells to predict, all under ``source`` (e.g. control cells of one type):
+            every value of the condition column must be ``source``; without that column all
+            cells are taken to be. Genes are matched by name.
+        source, target
+            Conditions seen in training.
+        n_samples
+            Draws of counts per cell, each from its own z ~ q(z|x,y,c).
+        seed
+            Seed of the draws (local to the call).
+        method
+            ``"transfer"`` (default): the cell's reconstruction plus the decoder's response
+            (log scale) of the types seen under both conditions, weighted by ``weighting``.
+            ``"latent_shift"``: z plus those types' mean latent difference target - source
+            (scGen's arithmetic), decoded under ``target``. ``"decoder"``: the seed's
+            approach, only the decoder's condition is flipped. A type seen under both
+            conditions uses its own response. ``BENCHMARKS.md`` compares them on held-out
+            types.
+        reference
+            Cells under both conditions, with types, from which ``"transfer"`` and
+            ``"latent_shift"`` take the response; default the training data (required for a
+            model loaded without it).
+        weighting
+            ``"similarity"`` (default): a type not seen under ``target`` borrows from the
+            others with a Gaussian kernel of latent-centroid distance (nearest weighs most);
+            ``"uniform"``: every type weighs the same, as scGen's balanced mean.
+        n_mc
+            Draws per cell for the expected log1p-CP10k expression in ``layers["log_mean"]``.
+        batch_size
+            Cells encoded at a time.
+
+        Returns
+        -------
+        AnnData with ``n_obs * n_samples`` cells and the model's genes: sampled counts in
+        ``X`` and ``layers["counts"]`` (CSR float32; for a Gaussian model, sampled values in
+        ``X`` and no counts layer); ``layers["log_mean"]`` (dense float32), the predicted
+        mean expression of each cell normalised like real cells (the expectation of log1p
+        CP10k under the likelihood; the decoder's mean for a Gaussian model), the same for
+        every sample of a cell; ``obs`` copied from ``adata`` with the condition column
+        set to ``target``, ``obs["gmmvae_predicted"] = True`` and ``obs["gmmvae_sample"]``
+        (int, 0-based draw); parameters and donor weights in ``uns["gmmvae_perturbation"]``.
+        Names get ``-i`` suffixes when ``n_samples > 1``.
+        """
+        from gmmvae.perturbation import predict_perturbation
+
+        return predict_perturbation(
+            self,
+            adata,
+            source=source,
+            target=target,
+            n_samples=n_samples,
+            seed=seed,
+            method=method,
+            reference=reference,
+            weighting=weighting,
+            n_mc=n_mc,
+            batch_size=batch_size,
         )
 
     # -------------------------------------------------------------------------- save/load
