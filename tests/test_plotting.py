@@ -55,3 +55,30 @@ def test_synthetic_plots(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("per-gene mean, r = ")
     assert float(titles[0].split("= ")[1]) > 0.5
+
+
+def test_perturbation_scatter_and_violin(tmp_path):
+    cells = gmmvae.datasets.simulate(200, 40, 2, n_conditions=2, seed=0)
+    real = cells[cells.obs["condition"] == "stimulated"].copy()
+    predicted = real.copy()
+    predicted.layers["log_mean"] = gmmvae.metrics.log_cp10k(real.X)
+    degs = [str(g) for g in real.var_names[:12]]
+    fig = gmmvae.pl.perturbation_scatter(
+        real, predicted, degs=degs, n_labels=5, save=str(tmp_path / "s.png")
+    )
+    ax = fig.axes[0]
+    # A perfect prediction: R² = 1 on all genes and on the DEGs; five genes labelled.
+    assert ax.get_title() == "R² all genes = 1.000, top-12 DEGs = 1.000"
+    assert [t.get_text() for t in ax.texts] == degs[:5]
+    assert (tmp_path / "s.png").stat().st_size > 5_000
+    control = cells[cells.obs["condition"] == "control"].copy()
+    fig = gmmvae.pl.perturbation_scatter(real, control, synthetic_layer=None, title="control")
+    title = fig.axes[0].get_title()
+    assert title.startswith("control\nR² all genes = ") and "DEGs" not in title
+    assert float(title.split("= ")[1]) < 1.0
+    fig = gmmvae.pl.perturbation_violin(real, predicted, gene=degs[0], control=control)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert [label.split("\n")[0] for label in labels] == ["control", "predicted", "real"]
+    assert labels[2] == f"real\n(n={real.n_obs})"
+    with pytest.raises(KeyError, match="not in the real"):
+        gmmvae.pl.perturbation_violin(real[:, 1:].copy(), predicted, gene=degs[0])
