@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 import peers
-from common import ResultStore, mean_sd_table, write_section
+from common import ResultStore, write_section
 from gmmvae import metrics
 
 METHODS = (
@@ -25,21 +25,29 @@ METHODS = (
     "scVI + Leiden",
     "gmmvae dirichlet",
 )
+# gmmvae method -> (variant, model kwargs); the extra ones are improvement experiments.
+GMMVAE_METHODS: dict[str, tuple[str, dict]] = {
+    "gmmvae exact": ("exact", {}),
+    "gmmvae dirichlet": ("dirichlet", {}),
+    "gmmvae exact, learned π": ("exact", {"learn_mixture_weights": True}),
+}
 
 
 def run(data: peers.Data, method: str, seed: int, max_epochs: int) -> tuple[dict, np.ndarray]:
     truth = data.truth
     k = truth.nunique()
     row: dict = {}
-    if method.startswith("gmmvae"):
+    if method in GMMVAE_METHODS:
+        variant, model_kwargs = GMMVAE_METHODS[method]
         model = peers.gmmvae_model(
             data,
             data.adata,
             seed,
             max_epochs,
-            variant=method.split()[1],
+            variant=variant,
             n_components=k,
             condition_key=data.condition_key,
+            model_kwargs=model_kwargs,
         )
         probs = model.predict(model.adata)
         predicted = probs.to_numpy().argmax(1)
@@ -64,10 +72,10 @@ def run(data: peers.Data, method: str, seed: int, max_epochs: int) -> tuple[dict
 
 
 def render(store: ResultStore, args) -> None:
-    rows = peers.ok_rows(store, max_epochs=args.max_epochs)
+    rows = peers.merged_rows("clustering", ["dataset", "method", "seed"], args.max_epochs)
     if not rows:
         return
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(dict.fromkeys([*METHODS, *GMMVAE_METHODS]))}
     dsets = {d: i for i, d in enumerate(peers.DATASETS)}
     rows.sort(key=lambda r: (dsets.get(r["dataset"], 9), order.get(r["method"], 9)))
     dates = sorted({r["date"] for r in rows})
@@ -76,8 +84,8 @@ def render(store: ResultStore, args) -> None:
         "## Clustering against the peers (labels hidden, K = number of types)",
         "",
         f"Command: `python benchmarks/clustering.py --max-epochs {args.max_epochs} --seeds "
-        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['machine']}; "
-        f"{rows[-1]['versions']}).",
+        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['versions']}).",
+        peers.machines_note(rows),
         "Datasets: `pbmc68k_reduced` (700 cells, 765 genes, log data as shipped; gmmvae "
         "Gaussian likelihood, scVI `gene_likelihood='normal'`), `kang_all` (2,000 cells, top "
         "2,000 HVGs seurat_v3 on counts, gmmvae NB, scVI ZINB default), `kang_all_condition` "
@@ -89,13 +97,17 @@ def render(store: ResultStore, args) -> None:
         "scVI latent, resolution bisected to give K clusters. seconds = wall time of the whole "
         "method (PCA included) on one thread.",
         "",
-        mean_sd_table(rows, ["dataset", "method"], ["ari", "nmi", "accuracy", "purity", "seconds"]),
+        peers.table(
+            rows,
+            ["dataset", "method"],
+            ["ari", "nmi", "accuracy", "purity", "device_seconds", "cpu_seconds"],
+        ),
         "",
         "![clustering ARI](benchmarks/figures/clustering_ari.png)",
     ]
     write_section("clustering", "\n".join(text))
     peers.bar_chart(rows, "ari", peers.FIGURES / "clustering_ari.png")
-    preds = peers.store("clustering_predictions").rows()
+    preds = ResultStore("clustering_predictions_gpu").rows()
     for p in preds:
         if p["method"] in ("gmmvae exact", "PCA(50) + Leiden") and p["dataset"] == "kang_all":
             name = f"clustering_confusion_{p['dataset']}_{peers.slug(p['method'])}.png"

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 import peers
 import query as q
-from common import ResultStore, mean_sd_table, write_section
+from common import ResultStore, write_section
 
 HELD_OUT = {"pbmc68k_reduced": "CD19+ B", "kang_all": "B", "kang_all_condition": "B"}
 METHODS = q.ALL_METHODS
@@ -49,7 +49,7 @@ def run(setting: str, method: str, seed: int, max_epochs: int) -> dict:
 
 
 def render(store: ResultStore, args) -> None:
-    rows = peers.ok_rows(store, max_epochs=args.max_epochs)
+    rows = peers.merged_rows("novelty", ["setting", "method", "seed"], args.max_epochs)
     if not rows:
         return
     order = {m: i for i, m in enumerate(METHODS)}
@@ -65,8 +65,8 @@ def render(store: ResultStore, args) -> None:
         "## Novelty: one type held out of the reference",
         "",
         f"Command: `python benchmarks/novelty.py --max-epochs {args.max_epochs} --seeds "
-        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['machine']}; "
-        f"{rows[-1]['versions']}).",
+        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['versions']}).",
+        peers.machines_note(rows),
         "The 70/30 split of the query table with every cell of the held-out type removed from "
         "the reference (its query cells kept); methods trained as in the query table. "
         "`auroc_confidence`: AUROC of 1 - top-class confidence for held-out-type query cells "
@@ -78,7 +78,7 @@ def render(store: ResultStore, args) -> None:
         "and logistic regression have no such call (nan). `known_accuracy`: accuracy on the "
         "known-type query cells.",
         "",
-        mean_sd_table(
+        peers.table(
             rows,
             ["setting", "held-out type", "method"],
             [
@@ -87,7 +87,8 @@ def render(store: ResultStore, args) -> None:
                 "flag_tpr",
                 "flag_fpr",
                 "known_accuracy",
-                "seconds",
+                "device_seconds",
+                "cpu_seconds",
             ],
         ),
         "",

@@ -328,6 +328,9 @@ def peer_versions() -> str:
 
 
 def git_commit() -> str:
+    """The gmmvae commit benchmarked: BENCH_GMMVAE_COMMIT (a snapshot), else this checkout."""
+    if os.environ.get("BENCH_GMMVAE_COMMIT"):
+        return os.environ["BENCH_GMMVAE_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -362,8 +365,11 @@ def run_rows(
     A job that raises is logged with its traceback and recorded as ``{"error": ...}`` so the
     grid carries on; error rows are retried on the next run (they do not count as done).
     """
+    # A row the device machine already produced counts as done here too.
+    siblings = [store] if TAG else [store, ResultStore(store.path.stem + "_gpu")]
     for key, job in jobs:
-        done = [r for r in store.rows() if all(r.get(k) == v for k, v in key.items())]
+        rows = [r for s in siblings for r in s.rows()]
+        done = [r for r in rows if all(r.get(k) == v for k, v in key.items())]
         if any("error" not in r for r in done):
             continue
         start = time.perf_counter()
@@ -472,3 +478,72 @@ def save_predictions(store: ResultStore, key: dict, truth, predicted) -> None:
 
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+# ------------------------------------------------------------------------------- tables
+def merged_rows(name: str, keys: list[str], max_epochs: int) -> list[dict]:
+    """Rows of protocol ``name`` from every machine, one per key.
+
+    Reads ``results/{name}.jsonl`` (this CPU sandbox) and ``results/{name}_gpu.jsonl`` (the
+    device machine). Where both ran a key the device row is kept; every row gets
+    ``device_seconds`` / ``cpu_seconds`` (NaN where that machine did not run it), since wall
+    times from the two machines must not be averaged together.
+    """
+    by_key: dict[tuple, dict] = {}
+    for tag, column in (("_gpu", "device_seconds"), ("", "cpu_seconds")):
+        for row in ResultStore(name + tag).rows():
+            if "error" in row or row.get("max_epochs") != max_epochs:
+                continue
+            key = tuple(row.get(k) for k in keys)
+            kept = by_key.setdefault(key, {**row, "device_seconds": np.nan, "cpu_seconds": np.nan})
+            kept[column] = row["seconds"]
+    return list(by_key.values())
+
+
+def table(rows: list[dict], by: list[str], metrics: list[str]) -> str:
+    """Markdown table of mean ± sd over seeds per group; NaNs skipped, '–' where none."""
+    if not rows:
+        return "(no rows yet)"
+    frame = pd.DataFrame(rows)
+    lines = ["| " + " | ".join(by + metrics + ["seeds"]) + " |"]
+    lines.append("|" + "---|" * (len(by) + len(metrics) + 1))
+    for key, group in frame.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cells = [str(k) for k in key]
+        for m in metrics:
+            values = group[m].astype(float).dropna().to_numpy() if m in group else np.array([])
+            if not len(values):
+                cells.append("–")
+                continue
+            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            digits = 0 if m.endswith("seconds") else 3
+            cells.append(f"{values.mean():.{digits}f} ± {sd:.{digits}f}")
+        cells.append(str(len(group)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machines_note(rows: list[dict]) -> str:
+    device = sorted({r["seed"] for r in rows if not np.isnan(r["device_seconds"])})
+    cpu_only = sorted(
+        {
+            r["seed"]
+            for r in rows
+            if np.isnan(r["device_seconds"]) and not np.isnan(r["cpu_seconds"])
+        }
+    )
+    note = (
+        f"Machines: the rows of seeds {', '.join(map(str, device))} ran on the device machine "
+        "(one H200, 16 CPU cores; 15-16 benchmark processes at once, gmmvae and scvi-tools "
+        "training on the GPU, one CPU thread each)"
+    )
+    if cpu_only:
+        note += (
+            f"; rows it did not finish (seeds {', '.join(map(str, cpu_only))}) ran on the 2-core "
+            "CPU sandbox (one thread, shared with other jobs)"
+        )
+    return note + (
+        ". `device_seconds` / `cpu_seconds`: wall time of the whole method on each machine "
+        "(not comparable with each other; CPU rows of seed 0 were also run on the CPU for "
+        "timing where `cpu_seconds` shows with a device row)."
+    )

@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 import peers
-from common import ResultStore, mean_sd_table, write_section
+from common import ResultStore, write_section
 
 SETTINGS = (
     "kang_control_to_stimulated",
@@ -131,7 +131,7 @@ def run(setting: str, method: str, seed: int, max_epochs: int, gmmvae_methods=No
 
 
 def render(store: ResultStore, args) -> None:
-    rows = peers.ok_rows(store, max_epochs=args.max_epochs)
+    rows = peers.merged_rows("query", ["setting", "method", "seed"], args.max_epochs)
     if not rows:
         return
     order = {m: i for i, m in enumerate(ALL_METHODS)}
@@ -143,8 +143,8 @@ def render(store: ResultStore, args) -> None:
         "## Reference → query annotation against the peers (scores on the query)",
         "",
         f"Command: `python benchmarks/query.py --max-epochs {args.max_epochs} --seeds "
-        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['machine']}; "
-        f"{rows[-1]['versions']}).",
+        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['versions']}).",
+        peers.machines_note(rows),
         "Settings: `kang_control_to_stimulated` = reference the 1,000 control cells, query the "
         "1,000 IFN-β-stimulated cells (a real shift; gmmvae has no condition key there since the "
         "reference has one condition; scANVI uses the condition as `batch_key` and maps the "
@@ -161,10 +161,10 @@ def render(store: ResultStore, args) -> None:
         "regression: PCA(50) fitted on the reference's log1p-CP10k, the query projected. "
         "`ece_uncalibrated` = gmmvae's ECE before temperature scaling (same model).",
         "",
-        mean_sd_table(
+        peers.table(
             rows,
             ["setting", "method"],
-            ["accuracy", "macro_f1", "ece", "seconds"],
+            ["accuracy", "macro_f1", "ece", "device_seconds", "cpu_seconds"],
         ),
         "",
         "![query macro-F1](benchmarks/figures/query_macro_f1.png)",
@@ -176,12 +176,12 @@ def render(store: ResultStore, args) -> None:
             "",
             "gmmvae calibration (temperature fitted on the labelled validation cells):",
             "",
-            mean_sd_table(gm, ["setting", "method"], ["ece_uncalibrated", "ece", "temperature"]),
+            peers.table(gm, ["setting", "method"], ["ece_uncalibrated", "ece", "temperature"]),
         ]
     write_section("query", "\n".join(text))
     peers.bar_chart(rows, "macro_f1", peers.FIGURES / "query_macro_f1.png", group="setting")
     peers.bar_chart(rows, "ece", peers.FIGURES / "query_ece.png", group="setting")
-    for p in peers.store("query_predictions").rows():
+    for p in ResultStore("query_predictions_gpu").rows():
         if p["setting"] == "kang_control_to_stimulated":
             name = f"query_confusion_{p['setting']}_{peers.slug(p['method'])}.png"
             peers.confusion_figure(

@@ -17,12 +17,15 @@ import numpy as np
 
 import gmmvae
 import peers
-from common import ResultStore, mean_sd_table, write_section
+from common import ResultStore, write_section
 
 # method -> (gmmvae variant, model kwargs, train kwargs); peers are handled by name.
 GMMVAE_METHODS: dict[str, tuple[str, dict, dict]] = {
     "gmmvae exact": ("exact", {}, {}),
     "gmmvae dirichlet": ("dirichlet", {}, {}),
+    # Improvement experiments (not defaults): the weight of -log q(y*|x) on labelled cells.
+    "gmmvae exact, classification weight 5": ("exact", {"classification_weight": 5.0}, {}),
+    "gmmvae exact, classification weight 500": ("exact", {"classification_weight": 500.0}, {}),
 }
 PEERS = ("scANVI", "logistic regression (50 PCs)")
 METHODS = ("gmmvae exact", *PEERS, "gmmvae dirichlet")
@@ -72,10 +75,10 @@ def run(data: peers.Data, method: str, fraction: float, seed: int, max_epochs: i
 
 
 def render(store: ResultStore, args) -> None:
-    rows = peers.ok_rows(store, max_epochs=args.max_epochs)
+    rows = peers.merged_rows("semi", ["dataset", "method", "fraction", "seed"], args.max_epochs)
     if not rows:
         return
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(dict.fromkeys([*METHODS, *GMMVAE_METHODS]))}
     dsets = {d: i for i, d in enumerate(peers.DATASETS)}
     rows.sort(key=lambda r: (dsets.get(r["dataset"], 9), r["fraction"], order.get(r["method"], 99)))
     for r in rows:
@@ -86,8 +89,8 @@ def render(store: ResultStore, args) -> None:
         "## Semi-supervised annotation against the peers (scores on the hidden cells)",
         "",
         f"Command: `python benchmarks/semi_supervised.py --max-epochs {args.max_epochs} --seeds "
-        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['machine']}; "
-        f"{rows[-1]['versions']}).",
+        f"{' '.join(map(str, seeds))}` (dates {dates[0]}–{dates[-1]}; {rows[-1]['versions']}).",
+        peers.machines_note(rows),
         "Same datasets and genes as the clustering table. Labels: `gmmvae.datasets.mask_labels` "
         "(stratified, at least one per type, the same mask for every method of a seed). gmmvae: "
         "default model (`n_free_components=1`, `classification_weight=50`), early stopping on "
@@ -100,10 +103,10 @@ def render(store: ResultStore, args) -> None:
         "(pbmc68k: its log data), fitted on the labelled cells' PCs. ECE: 15 equal-width bins "
         "of the top-class probability. seconds = wall time on one thread.",
         "",
-        mean_sd_table(
+        peers.table(
             rows,
             ["dataset", "labels", "method"],
-            ["accuracy", "macro_f1", "ece", "seconds"],
+            ["accuracy", "macro_f1", "ece", "device_seconds", "cpu_seconds"],
         ),
         "",
         "![semi-supervised accuracy at 1 %](benchmarks/figures/semi_accuracy_1pct.png)",
@@ -114,7 +117,7 @@ def render(store: ResultStore, args) -> None:
         sub = [r for r in rows if r["fraction"] == fraction]
         peers.bar_chart(sub, "accuracy", peers.FIGURES / f"semi_accuracy_{tag}.png")
         peers.bar_chart(sub, "macro_f1", peers.FIGURES / f"semi_macro_f1_{tag}.png")
-    for p in peers.store("semi_predictions").rows():
+    for p in ResultStore("semi_predictions_gpu").rows():
         if p["fraction"] == 0.1 and p["method"] in ("gmmvae exact", "scANVI"):
             name = f"semi_confusion_{p['dataset']}_10pct_{peers.slug(p['method'])}.png"
             peers.confusion_figure(
