@@ -177,3 +177,28 @@ def test_generate_writes_counts(model_dir, tmp_path):
     )
     assert bad.exit_code == 1
     assert "known ones are" in bad.output
+
+
+def test_backed_train_and_annotate_read_from_disk(model_dir, h5ad, tmp_path):
+    """--backed reads blocks from the file; results equal the in-memory command's."""
+    out = tmp_path / "model_backed"
+    args = ["train", str(h5ad), "--out", str(out), "--max-epochs", "2", "--backed"]
+    args += ["--n-components", "3", "--accelerator", "cpu", "--devices", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    backed_out, memory_out = tmp_path / "backed.h5ad", tmp_path / "memory.h5ad"
+    for flags, target in (["--backed"], backed_out), ([], memory_out):
+        result = runner.invoke(
+            app, ["annotate", str(model_dir), str(h5ad), "--out", str(target), *flags]
+        )
+        assert result.exit_code == 0, result.output
+    backed, memory = ad.read_h5ad(backed_out), ad.read_h5ad(memory_out)
+    assert (backed.obs["gmmvae_label"] == memory.obs["gmmvae_label"]).all()
+    assert abs(backed.obsm["X_gmmvae"] - memory.obsm["X_gmmvae"]).max() < 1e-5
+
+
+def test_train_strategy_lightning_rejects_is_a_clear_error(h5ad, tmp_path):
+    args = ["train", str(h5ad), "--out", str(tmp_path / "m"), "--n-components", "3"]
+    result = runner.invoke(app, [*args, "--strategy", "no-such-strategy"])
+    assert result.exit_code == 1
+    assert "Lightning rejected" in result.output

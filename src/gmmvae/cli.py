@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +57,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _read(path: Path):
+def _read(path: Path, *, backed: bool = False):
     import anndata as ad
 
     from gmmvae.data import GMMVAEInputError
@@ -64,7 +65,7 @@ def _read(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; check the path.")
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except (OSError, KeyError) as err:
         raise GMMVAEInputError(f"{path} could not be read as an .h5ad file ({err}).") from err
 
@@ -103,6 +104,14 @@ def _check_output(path: Path, force: bool) -> None:
 
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+Backed = Annotated[
+    bool,
+    typer.Option(
+        "--backed",
+        help="Read the matrix from disk in blocks instead of loading it (data larger than "
+        "memory); the file is opened read-only and never modified.",
+    ),
+]
 
 
 Data = Annotated[Path, typer.Argument(help="Input AnnData file (.h5ad).")]
@@ -149,6 +158,14 @@ def train(
     accelerator: Annotated[
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
+    devices: Annotated[
+        str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
+    ] = "auto",
+    strategy: Annotated[
+        str, typer.Option(help="Lightning strategy: auto, or ddp for data-parallel training.")
+    ] = "auto",
+    num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP.")] = 1,
+    backed: Backed = False,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
@@ -158,7 +175,7 @@ def train(
 
     with _user_errors():
         _check_output(out, force)
-        adata = _read(data)
+        adata = _read(data, backed=backed)
         GMMVAE.setup_anndata(
             adata,
             layer=layer,
@@ -176,9 +193,32 @@ def train(
             seed=seed,
             **options,
         )
-        model.train(max_epochs, batch_size=batch_size, seed=seed, accelerator=accelerator)
-        model.save(out, overwrite=force)
+        model.train(
+            max_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            accelerator=accelerator,
+            devices=_devices(devices),
+            strategy=strategy,
+            num_nodes=num_nodes,
+        )
+        if _is_main_process():
+            model.save(out, overwrite=force)
     console.print(f"Saved {model!r} to {out} ({len(model.history)} epochs).")
+
+
+def _devices(value: str) -> int | str | list[int]:
+    """'auto', '4' -> 4, '0,1' -> [0, 1], as Lightning takes them."""
+    if value.isdigit():
+        return int(value)
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    return value
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/SLURM launch (or a plain run) writes the outputs."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
 @app.command()
@@ -190,6 +230,7 @@ def annotate(
     novelty_threshold: Annotated[
         float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
     ] = 0.5,
+    backed: Backed = False,
     force: Force = False,
 ) -> None:
     """Predict cell types (q(y|x)) for DATA; writes obs[KEY_label], KEY_confidence, KEY_novel."""
@@ -198,7 +239,7 @@ def annotate(
 
     with _user_errors():
         _check_output(out, force)
-        adata = _read(data)
+        adata = _read(data, backed=backed)
         model = GMMVAE.load(model_dir, adata=adata)
         model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
         model.get_latent(adata, key_added=key_added)
@@ -217,6 +258,7 @@ def embed(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad with obsm[X_KEY].")],
     key_added: Annotated[str, typer.Option(help="Writes obsm['X_' + KEY].")] = "gmmvae",
+    backed: Backed = False,
     force: Force = False,
 ) -> None:
     """Write the latent embedding of DATA into obsm (for sc.pp.neighbors(use_rep=...))."""
@@ -225,7 +267,7 @@ def embed(
 
     with _user_errors():
         _check_output(out, force)
-        adata = _read(data)
+        adata = _read(data, backed=backed)
         model = GMMVAE.load(model_dir, adata=adata)
         latent = model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
