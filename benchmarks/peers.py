@@ -547,3 +547,29 @@ def machines_note(rows: list[dict]) -> str:
         "(not comparable with each other; CPU rows of seed 0 were also run on the CPU for "
         "timing where `cpu_seconds` shows with a device row)."
     )
+
+
+def experiment_rows(
+    name: str, keys: list[str], experiments: list[str], baselines: list[str], max_epochs: int
+) -> list[dict]:
+    """Improvement-experiment rows with the baseline rows of the same data and seed beside them.
+
+    Experiments ran on the CPU sandbox; a baseline comes from the CPU run of the same key where
+    there is one, else from the device machine (column ``run on``).
+    """
+    cpu = [r for r in ResultStore(name).rows() if "error" not in r]
+    gpu = [r for r in ResultStore(name + "_gpu").rows() if "error" not in r]
+    cpu = [r for r in cpu if r.get("max_epochs") == max_epochs]
+    gpu = [r for r in gpu if r.get("max_epochs") == max_epochs]
+    context = [k for k in keys if k != "method"]
+    out = [{**r, "run on": "CPU"} for r in cpu if r["method"] in experiments]
+    where = {tuple(r.get(k) for k in context) for r in out}
+    for method in baselines:
+        for ctx in sorted(where, key=str):
+            match = dict(zip(context, ctx, strict=True), method=method)
+            for rows, label in ((cpu, "CPU"), (gpu, "device")):
+                found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+                if found:
+                    out.append({**found[-1], "run on": label})
+                    break
+    return out
