@@ -341,7 +341,7 @@ def perturb(
     method: Annotated[
         PerturbMethod,
         typer.Option(
-            help="transfer: the cell's reconstruction plus the decoder's response of the most "
+            help="transfer: the cell's reconstruction plus the model's response of the most "
             "similar types seen treated; latent_shift: move z by those types' treated-minus-"
             "control difference (both need --reference); decoder: only flip the decoder's "
             "condition (the seed model's approach)."

@@ -579,8 +579,9 @@ class GMMVAE:
         seed
             Seed of the draws (local to the call).
         method
-            ``"transfer"`` (default): the cell's reconstruction plus the decoder's response
-            (log scale) of the types seen under both conditions, weighted by ``weighting``.
+            ``"transfer"`` (default): the cell's reconstruction plus the model's response
+            (decoded treated minus decoded control cells, on the log1p-CP10k scale) of the
+            types seen under both conditions, weighted by ``weighting``.
             ``"latent_shift"``: z plus those types' mean latent difference target - source
             (scGen's arithmetic), decoded under ``target``. ``"decoder"``: the seed's
             approach, only the decoder's condition is flipped. A type seen under both
