@@ -354,3 +354,13 @@ def test_backed_dense_matrix_is_read_in_blocks(small, tmp_path):
     on_disk = anndata.read_h5ad(tmp_path / "dense.h5ad", backed="r")
     data = CellData(on_disk.X, np.zeros(300), np.zeros(300), np.zeros(300))
     np.testing.assert_array_equal(data[[4, 2]]["x"].numpy(), small.X[[4, 2]])
+
+
+def test_view_of_a_backed_file_is_loaded_into_memory_with_warning(backed):
+    on_disk, _ = backed
+    view = on_disk[on_disk.obs["cell_type"] == "type_0"]
+    with pytest.warns(UserWarning, match="view of the backed file"):
+        GMMVAE.setup_anndata(view)
+    assert not view.is_view and not view.isbacked
+    assert view.n_obs == (on_disk.obs["cell_type"] == "type_0").sum()
+    assert on_disk.isbacked  # the whole object still reads from its file

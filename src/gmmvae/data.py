@@ -34,15 +34,31 @@ class MissingKeyError(GMMVAEInputError, KeyError):
 
 # ------------------------------------------------------------------------------ validation
 def ensure_actual(adata: AnnData) -> None:
-    """Turn a view into an actual AnnData in place (with a warning), as scanpy does."""
-    if adata.is_view:
+    """Turn a view into an actual AnnData in place (with a warning), as scanpy does.
+
+    A view of a backed (on-disk) AnnData cannot be copied without writing a new file; its
+    cells are loaded into memory instead, which is what a subset is usually meant for.
+    """
+    if not adata.is_view:
+        return
+    if adata.isbacked:
         warnings.warn(
-            "adata is a view; gmmvae writes results into it, so it was copied into an actual "
-            "AnnData in place. Pass adata.copy() to silence this warning.",
+            f"adata is a view of the backed file {adata.filename}; gmmvae writes results into "
+            f"it, so its {adata.n_obs} cells were loaded into memory (the file is untouched). "
+            "Pass adata.to_memory() to silence this warning, or pass the whole backed object "
+            "to keep the matrix on disk.",
             UserWarning,
             stacklevel=3,
         )
-        adata._init_as_actual(adata.copy())
+        adata._init_as_actual(adata.to_memory())
+        return
+    warnings.warn(
+        "adata is a view; gmmvae writes results into it, so it was copied into an actual "
+        "AnnData in place. Pass adata.copy() to silence this warning.",
+        UserWarning,
+        stacklevel=3,
+    )
+    adata._init_as_actual(adata.copy())
 
 
 def check_obs_key(adata: AnnData, key: str, role: str) -> None:
