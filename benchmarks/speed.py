@@ -228,6 +228,42 @@ def spawn_row(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------ module steps
+def module_steps(args: argparse.Namespace) -> None:
+    """ms per optimiser step of the torch module alone (no data loading, no Lightning), for
+    profiling changes: ``PYTHONPATH=<old checkout>/src`` times an older version the same way."""
+    import torch
+
+    from gmmvae.module import GMMVAEModule, ModuleConfig
+
+    torch.set_num_threads(args.threads)
+    B, G = args.batch_size, args.genes
+    x = torch.poisson(torch.rand(B, G, generator=torch.Generator().manual_seed(0)) * 0.5)
+    batch = {
+        "x": x,
+        "label": torch.full((B,), -1),
+        "condition": torch.zeros(B, dtype=torch.long),
+        "batch": torch.zeros(B, dtype=torch.long),
+    }
+    for K in args.components:
+        for method in args.methods:
+            options = dict(GMMVAE_METHODS[method])
+            truncating = "components_per_cell" in options
+            if truncating and not hasattr(ModuleConfig, "components_per_cell"):
+                continue  # an older version without truncation
+            torch.manual_seed(0)
+            module = GMMVAEModule(ModuleConfig(n_genes=G, n_components=K, **options))
+            optimiser = torch.optim.Adam(module.parameters(), 1e-3)
+            for i in range(3 + args.steps):  # 3 warm-up steps
+                if i == 3:
+                    start = time.perf_counter()
+                module(batch, 1.0).loss.backward()
+                optimiser.step()
+                optimiser.zero_grad()
+            ms = (time.perf_counter() - start) / args.steps * 1000
+            print(f"{method} K={K}: {ms:.1f} ms/step, {B / ms * 1000:,.0f} cells/s", flush=True)
+
+
 # --------------------------------------------------------------------------------- grids
 def _device_name(accelerator: str) -> str:
     if accelerator in ("gpu", "cuda"):
@@ -358,12 +394,45 @@ def render(store: ResultStore) -> None:
                 f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_mb'] - r['rss_after_data_mb']:,.0f} |"
             )
         text.append("")
+    text += truncation_table()
     write_section("speed", "\n".join(text))
+
+
+def truncation_table() -> list[str]:
+    """Quality with and without component truncation (rows of ``variants.py --store
+    truncation``): does decoding 2 components per cell cost accuracy?"""
+    import pandas as pd
+
+    rows = pd.DataFrame(ResultStore("truncation").rows())
+    if rows.empty:
+        return []
+    first = rows.iloc[0]
+    text = [
+        "**Does decoding fewer components per cell cost quality?** Exact variant with all K "
+        "components decoded per cell (`exact`) and with `components_per_cell` = 2 or 3; "
+        f"real data, 100 epochs, seed(s) {sorted(rows['seed'].unique())}, {first['date']}. "
+        "Command: `python benchmarks/variants.py --variants exact exact-k2 exact-k3 --seeds 0 "
+        "--store truncation --threads 1`. Seconds are wall time on a machine shared with other "
+        "benchmarks (not comparable across rows; see the throughput table for speed).",
+        "",
+        "| dataset | task | variant | ARI | accuracy (hidden) | macro-F1 | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in rows.sort_values(["dataset", "task", "variant"]).iterrows():
+        ari = f"{r['ari']:.3f}" if pd.notna(r.get("ari")) else ""
+        semi = r["task"] != "clustering"
+        acc = f"{r['accuracy']:.3f}" if semi else ""
+        f1 = f"{r['macro_f1']:.3f}" if semi else ""
+        text.append(
+            f"| {r['dataset']} | {r['task']} | {r['variant']} | {ari} | {acc} | {f1} "
+            f"| {r['seconds']:.0f} |"
+        )
+    return [*text, ""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", choices=["throughput", "scaling", "render", "_row"])
+    parser.add_argument("grid", choices=["throughput", "scaling", "steps", "render", "_row"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--cells", type=int, nargs="+", default=[10_000])
     parser.add_argument("--genes", type=int, default=2000)
@@ -383,6 +452,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.grid == "_row":
         print(json.dumps(run_row(json.loads(args.spec))))
+        return
+    if args.grid == "steps":
+        module_steps(args)
         return
     store = ResultStore(args.store)
     if args.grid == "throughput":
