@@ -107,15 +107,19 @@ def row_blocks(matrix: Any, size: int = _CHUNK) -> Iterator[Any]:
 
 
 def row_sums(matrix: Any, *, absolute: bool = False) -> np.ndarray:
-    """Per-cell sums (of absolute values), streamed over blocks for on-disk matrices."""
-    blocks = row_blocks(matrix) if is_on_disk(matrix) else [matrix]
-    sums = [np.asarray((abs(b) if absolute else b).sum(axis=1)).ravel() for b in blocks]
+    """Per-cell sums (of absolute values), block by block: no temporary copy of the matrix."""
+    sums = [np.asarray((abs(b) if absolute else b).sum(axis=1)).ravel() for b in row_blocks(matrix)]
     return np.concatenate(sums) if sums else np.zeros(0)
 
 
 def _row_chunks(matrix: Any) -> Iterator[np.ndarray]:
+    """The stored values in bounded pieces, so that checks allocate little beyond the data."""
     if sparse.issparse(matrix):
-        yield np.asarray(matrix.data)
+        values = np.asarray(matrix.data)
+        for start in range(0, len(values), _CHUNK * 1000):
+            yield values[start : start + _CHUNK * 1000]
+        if not len(values):
+            yield values
         return
     for block in row_blocks(matrix):
         yield np.asarray(block.data) if sparse.issparse(block) else block
