@@ -346,7 +346,14 @@ def render(store: ResultStore) -> None:
     rows = pd.DataFrame(store.rows())
     if rows.empty:
         return
-    text = []
+    text = [
+        "## Speed and scale",
+        "",
+        "Rows come from `benchmarks/speed.py`; each row trains in its own process (peak RSS is "
+        "that process's `ru_maxrss`). gmmvae-exact-k2 is the exact variant with "
+        "`components_per_cell=2`.",
+        "",
+    ]
     through = rows[rows["grid"] == "throughput"]
     for (run, threads), runs in through.groupby(["run", "threads"]):
         first = runs.iloc[0]
