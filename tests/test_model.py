@@ -390,3 +390,18 @@ def test_repr(shared_model):
     assert "variant='shared'" in text
     assert "K=5" in text
     assert "trained=True" in text
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_components_per_cell_below_two_is_refused(small, k):
+    GMMVAE.setup_anndata(small)
+    with pytest.raises(GMMVAEInputError, match="components_per_cell"):
+        GMMVAE(small, n_components=3, components_per_cell=k)
+
+
+def test_components_per_cell_trains_and_is_saved(small, tmp_path):
+    GMMVAE.setup_anndata(small)
+    model = GMMVAE(small, n_components=3, components_per_cell=2, seed=0)
+    model.train(2, seed=0, progress_bar=False, batch_size=64)
+    model.save(tmp_path / "m")
+    assert GMMVAE.load(tmp_path / "m").config.components_per_cell == 2
