@@ -285,8 +285,9 @@ def _observe(
     n_draws: int,
     n_mc: int,
     chunk: int = 1024,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Expected log1p-CP10k expression per cell (n, G) and ``n_draws`` draws of counts.
+) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """Expected log1p-CP10k expression per cell (n, G; None when ``n_mc`` is 0) and
+    ``n_draws`` draws of counts.
 
     The expectation is over the likelihood, estimated from ``n_mc`` draws each normalised by
     its own library, as real cells are: it is what a cell's log1p-CP10k values average to,
@@ -311,6 +312,8 @@ def _observe(
                 params["mu"] = lib * moved / moved.sum(-1, keepdim=True)
         for i in range(n_draws):
             draws[i].append(sample_counts(likelihood, params).cpu().numpy().astype(np.float32))
+        if n_mc == 0:  # only draws wanted
+            continue
         if likelihood == "gaussian":
             means.append(params["mean"].cpu().numpy())
             continue
@@ -319,7 +322,8 @@ def _observe(
             x = sample_counts(likelihood, params)
             total += torch.log1p(x / x.sum(-1, keepdim=True).clamp(min=1.0) * _LOG_SCALE)
         means.append((total / n_mc).cpu().numpy())
-    return np.concatenate(means).astype(np.float32), [np.concatenate(d) for d in draws]
+    mean = np.concatenate(means).astype(np.float32) if means else None
+    return mean, [np.concatenate(d) for d in draws]
 
 
 # ------------------------------------------------------------------------------------ main
