@@ -535,7 +535,9 @@ def machines_note(rows: list[dict]) -> str:
     note = (
         f"Machines: the rows of seeds {', '.join(map(str, device))} ran on the device machine "
         "(one H200, 16 CPU cores; 15-16 benchmark processes at once, gmmvae and scvi-tools "
-        "training on the GPU, one CPU thread each)"
+        "training on the GPU, one CPU thread each; one process per protocol, dataset and seed, "
+        "e.g. `BENCH_ACCELERATOR=gpu BENCH_TAG=_gpu_x python benchmarks/query.py --seeds 1 "
+        "--settings kang_all --no-render`, rows merged into `results/*_gpu.jsonl`)"
     )
     if cpu_only:
         note += (
