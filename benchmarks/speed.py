@@ -110,6 +110,7 @@ def _step_timer(skip: int):
 
         def on_train_start(self, trainer, pl_module) -> None:
             self.fit_start = self._now()
+            self.rss_fit_start = self.rss_fit_max = _rss_mb()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if self.steps == skip and self.start is None:
@@ -120,9 +121,12 @@ def _step_timer(skip: int):
             if self.steps > skip:
                 self.cells += len(next(iter(batch.values())))
                 self.end = self._now()
+            if self.steps % 50 == 0:
+                self.rss_fit_max = max(self.rss_fit_max, _rss_mb())
 
         def on_train_end(self, trainer, pl_module) -> None:
             self.fit_end = self._now()
+            self.rss_fit_max = max(self.rss_fit_max, _rss_mb())
 
     return StepTimer()
 
@@ -206,6 +210,11 @@ def run_row(spec: dict) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_start_mb": rss_start,
         "rss_after_data_mb": rss_data,
+        # RSS sampled every 50 steps during fitting (ru_maxrss also covers loading and the
+        # pass over all cells after fitting).
+        "rss_fit_start_mb": timer.rss_fit_start,
+        "rss_fit_max_mb": timer.rss_fit_max,
+        "rss_end_mb": _rss_mb(),
     }
     row["epoch_seconds"] = adata.n_obs / row["cells_per_s"]
     if torch.cuda.is_available():

@@ -25,9 +25,12 @@ def encode_cells(module: GMMVAEModule, loader: Any) -> dict[str, np.ndarray]:
         for batch in loader:
             x, condition = batch["x"].to(device), batch["condition"].to(device)
             cov = one_hot_covariates([condition], module.encoder_cov_sizes)
-            out["features"].append(module.encoder(module.encoder_input(x), cov).cpu().numpy())
-            out["latent"].append(module.posterior(x, condition)["latent"].cpu().numpy())
-            out["labels"].append(batch["label"].numpy())
+            features = module.encoder(module.encoder_input(x), cov)
+            # Copies, not views of torch storage: kept views fragment the heap (see
+            # GMMVAE._predict_cells).
+            out["features"].append(features.cpu().numpy().copy())
+            out["latent"].append(module.posterior(x, condition)["latent"].cpu().numpy().copy())
+            out["labels"].append(batch["label"].numpy().copy())
     module.train(was_training)
     return {k: np.concatenate(v) for k, v in out.items()}
 
