@@ -174,7 +174,10 @@ def render(store: ResultStore, args) -> None:
     if gm:
         text += [
             "",
-            "gmmvae calibration (temperature fitted on the labelled validation cells):",
+            "gmmvae calibration (temperature fitted on the labelled validation cells; the "
+            "fit ran to its lower bound 0.05 in "
+            f"{sum(r['temperature'] <= 0.0501 for r in gm)} of {len(gm)} models, which were "
+            "underconfident before it, `ece_uncalibrated` 0.16–0.18, and 0.016–0.043 after):",
             "",
             peers.table(gm, ["setting", "method"], ["ece_uncalibrated", "ece", "temperature"]),
         ]
