@@ -31,7 +31,8 @@ def run_one(adata, labels_key, likelihood, variant, task, seed, max_epochs) -> d
     adata = adata.copy()
     # "exact-k2": the exact variant decoding 2 components per cell (components_per_cell).
     variant, _, k = variant.partition("-k")
-    extra = {"components_per_cell": int(k)} if k else {}
+    # Plain "exact" is the full sum over K (the default decodes 2 components without labels).
+    extra = {"components_per_cell": int(k) if k else None} if variant == "exact" else {}
     truth = adata.obs[labels_key].astype(str)
     start = time.perf_counter()
     if task == "clustering":
