@@ -372,9 +372,9 @@ def render(store: ResultStore) -> None:
         first = runs.iloc[0]
         text += [
             f"**Throughput, run `{run}`** — {first['device']}, {threads} torch thread(s), "
-            f"{first['cells']:,} simulated cells x {first['genes']:,} genes (counts, NB), "
-            f"{first['epochs']} epochs, batch {first['batch_size']}, hidden {HIDDEN}, latent "
-            f"{LATENT}, seed {first['seed']}, {first['date']}. Command: `{first['command']}`. "
+            f"{int(first['cells']):,} simulated cells x {int(first['genes']):,} genes (NB), "
+            f"{int(first['epochs'])} epochs, batch {first['batch_size']}, hidden {HIDDEN}, latent "
+            f"{LATENT}, seed {int(first['seed'])}, {first['date']}. Command: `{first['command']}`. "
             "cells/s over the steps after the first "
             "warm-up steps; ARI: gmmvae's components, KMeans (K) on scVI's latent.",
             "",
@@ -400,7 +400,13 @@ def render(store: ResultStore) -> None:
             f"thread(s), 2,000 genes, K = {first['components']}, batch {first['batch_size']}, "
             f"{first['steps']} optimiser steps timed after warm-up, {first['date']}. Command: "
             f"`{first['command']}`. s/epoch is extrapolated from the timed steps; peak RSS "
-            "covers loading, training, and the pass over all cells that `train` ends with.",
+            "covers loading, training, and the pass over all cells that `train` ends with."
+            + (
+                " This run shared the 2 cores with other benchmarks: cells/s moved with their "
+                "load (compare the quiet throughput run above), not with the number of cells."
+                if "shared" in str(run)
+                else ""
+            ),
             "",
             "| cells | data | method | file (MB) | cells/s | s/epoch | RSS after loading (MB) "
             "| peak RSS (MB) | peak − loaded (MB) |",
@@ -437,7 +443,8 @@ def truncation_table() -> list[str]:
     text = [
         "**Does decoding fewer components per cell cost quality?** Exact variant with all K "
         "components decoded per cell (`exact`) and with `components_per_cell` = 2 or 3; "
-        f"real data, 100 epochs, seed(s) {sorted(rows['seed'].unique())}, {first['date']}. "
+        f"real data, 100 epochs, seed(s) {sorted(int(s) for s in rows['seed'].unique())}, "
+        f"{first['date']}. "
         "Command: `python benchmarks/variants.py --variants exact exact-k2 exact-k3 --seeds 0 "
         "--store truncation --threads 1`. Seconds are wall time on a machine shared with other "
         "benchmarks (not comparable across rows; see the throughput table for speed).",
