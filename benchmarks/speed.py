@@ -400,7 +400,9 @@ def render(store: ResultStore) -> None:
             f"thread(s), 2,000 genes, K = {first['components']}, batch {first['batch_size']}, "
             f"{first['steps']} optimiser steps timed after warm-up, {first['date']}. Command: "
             f"`{first['command']}`. s/epoch is extrapolated from the timed steps; peak RSS "
-            "covers loading, training, and the pass over all cells that `train` ends with."
+            "covers loading, training, and the pass over all cells that `train` ends with. "
+            "Backed rows read a file that the OS may hold in its page cache (not counted in "
+            "RSS; the machine has 24 GB), so they show the read path and memory, not a cold disk."
             + (
                 " This run shared the 2 cores with other benchmarks: cells/s moved with their "
                 "load (compare the quiet throughput run above), not with the number of cells."
