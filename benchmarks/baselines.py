@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 import gmmvae
 from common import ResultStore, load_dataset, mean_sd_table, write_section
 from gmmvae import metrics
+from peers import leiden_with_k
 
 DATASETS = ("pbmc68k_reduced", "kang_pbmc_2k")
 
@@ -32,24 +33,6 @@ def log_pca(adata, likelihood: str, seed: int) -> np.ndarray:
         sc.pp.log1p(adata)
     sc.pp.pca(adata, n_comps=50, random_state=seed)
     return adata.obsm["X_pca"]
-
-
-def leiden_with_k(pcs: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Leiden on the PCA kNN graph, bisecting the resolution to get about k clusters."""
-    holder = sc.AnnData(np.zeros((len(pcs), 1), dtype=np.float32))
-    holder.obsm["X_pca"] = pcs
-    sc.pp.neighbors(holder, use_rep="X_pca", random_state=seed)
-    low, high, best = 0.05, 3.0, None
-    for _ in range(12):
-        res = (low + high) / 2
-        sc.tl.leiden(holder, resolution=res, random_state=seed, flavor="igraph", n_iterations=2)
-        n = holder.obs["leiden"].nunique()
-        if best is None or abs(n - k) < abs(best[0] - k):
-            best = (n, holder.obs["leiden"].to_numpy().copy())
-        if n == k:
-            break
-        low, high = (res, high) if n < k else (low, res)
-    return best[1]
 
 
 def main() -> None:

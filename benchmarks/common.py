@@ -62,7 +62,7 @@ def versions(*packages: str) -> str:
 
 
 def mean_sd_table(rows: list[dict], by: list[str], metrics: list[str]) -> str:
-    """Markdown table of mean ± sd over seeds for each group."""
+    """Markdown table of mean ± sd over seeds per group; NaNs skipped, '–' where none."""
     if not rows:
         return "(no rows yet)"
     frame = pd.DataFrame(rows)
@@ -72,13 +72,13 @@ def mean_sd_table(rows: list[dict], by: list[str], metrics: list[str]) -> str:
         key = key if isinstance(key, tuple) else (key,)
         cells = [str(k) for k in key]
         for m in metrics:
-            values = group[m].astype(float).to_numpy()
+            values = group[m].astype(float).dropna().to_numpy() if m in group else np.array([])
+            if not len(values):
+                cells.append("–")
+                continue
             sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            cells.append(
-                f"{values.mean():.3f} ± {sd:.3f}"
-                if m != "seconds"
-                else f"{values.mean():.0f} ± {sd:.0f}"
-            )
+            digits = 0 if m.endswith("seconds") else 3
+            cells.append(f"{values.mean():.{digits}f} ± {sd:.{digits}f}")
         cells.append(str(len(group)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ import pandas as pd  # noqa: E402 (thread variables first)
 import torch  # noqa: E402 (thread variables first)
 from scipy import sparse  # noqa: E402 (thread variables first)
 
-from common import ResultStore, load_dataset, versions  # noqa: E402 (thread variables first)
+from common import ResultStore, load_dataset, mean_sd_table, versions  # noqa: E402 (thread variables first)
 
 torch.set_num_threads(1)
 
@@ -501,26 +501,8 @@ def merged_rows(name: str, keys: list[str], max_epochs: int) -> list[dict]:
 
 
 def table(rows: list[dict], by: list[str], metrics: list[str]) -> str:
-    """Markdown table of mean ± sd over seeds per group; NaNs skipped, '–' where none."""
-    if not rows:
-        return "(no rows yet)"
-    frame = pd.DataFrame(rows)
-    lines = ["| " + " | ".join(by + metrics + ["seeds"]) + " |"]
-    lines.append("|" + "---|" * (len(by) + len(metrics) + 1))
-    for key, group in frame.groupby(by, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        cells = [str(k) for k in key]
-        for m in metrics:
-            values = group[m].astype(float).dropna().to_numpy() if m in group else np.array([])
-            if not len(values):
-                cells.append("–")
-                continue
-            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            digits = 0 if m.endswith("seconds") else 3
-            cells.append(f"{values.mean():.{digits}f} ± {sd:.{digits}f}")
-        cells.append(str(len(group)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown table of mean ± sd over seeds per group (:func:`common.mean_sd_table`)."""
+    return mean_sd_table(rows, by, metrics)
 
 
 def machines_note(rows: list[dict]) -> str:
