@@ -21,7 +21,7 @@ from gmmvae._seed import seeded_rng
 from gmmvae.calibration import apply_temperature, fit_temperature
 from gmmvae.data import GMMVAEInputError
 from gmmvae.generation import generate, training_summary
-from gmmvae.initialisation import MixtureInitialisation
+from gmmvae.initialisation import PLACEMENTS, MixtureInitialisation, MixturePlacement
 from gmmvae.io import load_directory, save_directory
 from gmmvae.module import LIKELIHOODS, VARIANTS, GMMVAEModule, Likelihood, ModuleConfig, Variant
 from gmmvae.training import TrainingPlan, default_max_epochs, fit
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANT: Variant = "exact"
 DEFAULT_FREE_COMPONENTS = 1
+_PRETRAIN_STEPS = 1000  # plain-VAE steps before the mixture is placed (see train)
 _INIT_CELLS = 50_000  # cells encoded to place the mixture components
 
 
@@ -221,6 +222,7 @@ class GMMVAE:
         early_stopping: bool = True,
         early_stopping_patience: int = 30,
         mixture_init_epoch: int | None = None,
+        mixture_placement: MixturePlacement = "leiden",
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
         resume: bool = False,
@@ -252,15 +254,22 @@ class GMMVAE:
             Stop when the validation loss has not improved for that many epochs.
         mixture_init_epoch
             Epochs of plain-VAE pre-training (N(0, I) prior) after which the components are
-            placed by k-means on the latent, as VaDE does. Default: about 500 optimiser steps,
-            at most a quarter of ``max_epochs``; -1 disables (components start at random and may
-            collapse). Not used by the ``"dirichlet"`` variant, whose w-network places them.
+            placed on clusters of the latent (``mixture_placement``). Default: about 1,000
+            optimiser steps, at most three quarters of ``max_epochs``; -1 disables (components
+            start at random and may collapse). Not used by the ``"dirichlet"`` variant, whose
+            w-network places them.
+        mixture_placement
+            How the pre-trained latent is split into the K starting components: ``"leiden"``
+            (default; Leiden on the cells' kNN graph, resolution chosen to give K clusters, as
+            ``sc.tl.leiden`` users would) or ``"kmeans"`` (VaDE's choice; it favours round
+            clusters of similar size and splits large cell types).
         checkpoint_dir, checkpoint_every
             Save the full training state (weights, optimiser, epoch, RNG) atomically to
             ``checkpoint_dir/checkpoint.ckpt`` every ``checkpoint_every`` epochs.
         resume
             Continue from the checkpoint in ``checkpoint_dir`` (after a crash or a kill). With
-            the same data, options and seed, the result equals an uninterrupted run on CPU.
+            the same data, options and seed, the result equals an uninterrupted run on CPU up
+            to float rounding.
         progress_bar
             Show one progress bar over epochs.
         calibrate
@@ -279,6 +288,10 @@ class GMMVAE:
             raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
         if max_epochs is not None and max_epochs < 1:
             raise GMMVAEInputError(f"max_epochs must be >= 1 (or None), got {max_epochs}.")
+        if mixture_placement not in PLACEMENTS:
+            raise GMMVAEInputError(
+                f"mixture_placement {mixture_placement!r} is not one of {PLACEMENTS}."
+            )
         if not 0.0 < train_size <= 1.0:
             raise GMMVAEInputError(f"train_size must be in (0, 1], got {train_size}.")
         data = self._data(adata, with_labels=True)
@@ -306,8 +319,12 @@ class GMMVAE:
         if self.config.variant == "dirichlet":
             mixture_init_epoch = -1  # the seed model places components with its w-network
         elif mixture_init_epoch is None:
-            # ~500 optimiser steps of plain-VAE pre-training, at most a quarter of the epochs.
-            mixture_init_epoch = min(math.ceil(500 / len(train_loader)), max_epochs // 4)
+            # The latent must separate cell types before they are clustered: ~1,000 optimiser
+            # steps of plain-VAE pre-training, at most three quarters of the epochs (short runs
+            # on small data give the pre-training most of their few steps).
+            mixture_init_epoch = min(
+                math.ceil(_PRETRAIN_STEPS / len(train_loader)), (3 * max_epochs) // 4
+            )
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = max(2 * mixture_init_epoch, 10)
         plan = TrainingPlan(self.module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup)
@@ -317,7 +334,9 @@ class GMMVAE:
             if len(train_idx) > _INIT_CELLS:
                 init_idx = np.sort(rng.choice(train_idx, _INIT_CELLS, replace=False))
             init_loader = _data.make_loader(data.subset(init_idx), 1024, shuffle=False)
-            callbacks.append(MixtureInitialisation(init_loader, mixture_init_epoch, seed))
+            callbacks.append(
+                MixtureInitialisation(init_loader, mixture_init_epoch, seed, mixture_placement)
+            )
         self.module.train()
         with seeded_rng(seed):
             history = fit(
@@ -350,6 +369,7 @@ class GMMVAE:
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
             "n_train_cells": len(train_idx),
             "mixture_init_epoch": mixture_init_epoch,
+            "mixture_placement": mixture_placement,
             **self._calibrate(data.subset(val_idx), enabled=calibrate),
         }
         return self

@@ -176,19 +176,20 @@ class GMMVAEModule(nn.Module):
 
     @torch.no_grad()
     def posterior(self, x: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Deterministic summaries for prediction: q(y|x) probabilities (B, K), latent (B, d)."""
+        """Deterministic summaries for prediction: q(y|x) probabilities (B, K), latent (B, d) and
+        its posterior variance (B, d; averaged over components for the exact variant)."""
         q = self.inference(x, condition)
         variant = self.config.variant
         if variant == "exact":
             probs = torch.softmax(q["y_logits"], -1)
             latent = (probs.unsqueeze(-1) * q["z_mean"]).sum(1)
-        elif variant == "shared":
+            latent_var = (probs.unsqueeze(-1) * q["z_logvar"].exp()).sum(1)
+            return {"probs": probs, "latent": latent, "latent_var": latent_var}
+        if variant == "shared":
             probs = torch.softmax(self._shared_y_logits(q), -1)
-            latent = q["z_mean"]
         else:
             probs = torch.softmax(self.y_from_z(q["z_mean"]), -1)
-            latent = q["z_mean"]
-        return {"probs": probs, "latent": latent}
+        return {"probs": probs, "latent": q["z_mean"], "latent_var": q["z_logvar"].exp()}
 
     def _shared_y_logits(self, q: dict[str, torch.Tensor]) -> torch.Tensor:
         mean, logvar = self.component_prior()
