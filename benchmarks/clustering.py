@@ -147,7 +147,7 @@ def render(store: ResultStore, args) -> None:
         ]
     write_section("clustering", "\n".join(text))
     peers.bar_chart(rows, "ari", peers.FIGURES / "clustering_ari.png")
-    preds = ResultStore("clustering_predictions_gpu").rows()
+    preds = peers.prediction_rows("clustering")
     for p in preds:
         if p["method"] in ("gmmvae exact", "PCA(50) + Leiden") and p["dataset"] == "kang_all":
             name = f"clustering_confusion_{p['dataset']}_{peers.slug(p['method'])}.png"

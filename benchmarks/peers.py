@@ -476,6 +476,20 @@ def save_predictions(store: ResultStore, key: dict, truth, predicted) -> None:
     )
 
 
+def prediction_rows(name: str) -> list[dict]:
+    """Per-cell predictions of protocol ``name`` from both machines (this CPU sandbox's rows
+    win where both ran a key: they are the newer ones)."""
+    by_key: dict[tuple, dict] = {}
+    for tag in ("_gpu", ""):
+        for row in ResultStore(f"{name}_predictions{tag}").rows():
+            key = tuple(sorted((k, str(v)) for k, v in row.items() if k not in _PER_CELL))
+            by_key[key] = row
+    return list(by_key.values())
+
+
+_PER_CELL = ("truth", "predicted", "date", "host")
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
@@ -662,7 +676,55 @@ def summary(max_epochs: int = 100) -> str:
     return "\n".join(out)
 
 
+# (protocol file, grouping keys, metric, label) of the before/after table.
+_BEFORE_AFTER = (
+    ("clustering", ["dataset"], "ari", "clustering ARI"),
+    ("semi", ["dataset", "fraction"], "accuracy", "semi-supervised accuracy"),
+    ("query", ["setting"], "macro_f1", "query macro-F1"),
+    ("query", ["setting"], "ece", "query ECE"),
+    ("novelty", ["setting"], "auroc_p_free", "novelty AUROC p(free)"),
+)
+
+
+def before_after(max_epochs: int = 100) -> str:
+    """The default model (`gmmvae exact`) before and after the Leiden placement change: rows
+    of the earlier commits were moved to results/superseded/ when the grid was rerun."""
+    out = [
+        "### Before and after the Leiden placement (gmmvae default, `exact`)",
+        "",
+        "Before: rows of commits up to c1fc02d (k-means placement, component variance without "
+        "the posterior variance, pre-training ~500 steps capped at a quarter of the epochs), "
+        "kept in `benchmarks/results/superseded/`. After: the current rows. Same data, splits, "
+        "seeds and epoch cap; means over seeds (count in brackets).",
+        "",
+        "| protocol | data | before | after | change |",
+        "|---|---|---|---|---|",
+    ]
+    for name, by, metric, label in _BEFORE_AFTER:
+        keys = [*by, "method", "seed"]
+        old = merged_rows(f"superseded/{name}", keys, max_epochs)
+        new = merged_rows(name, keys, max_epochs)
+        old = [r for r in old if r["method"] == "gmmvae exact" and metric in r]
+        new = [r for r in new if r["method"] == "gmmvae exact" and metric in r]
+        if not old or not new:
+            continue
+        before, after = pd.DataFrame(old), pd.DataFrame(new)
+        b_mean, a_mean = before.groupby(by)[metric].mean(), after.groupby(by)[metric].mean()
+        b_n, a_n = before.groupby(by)[metric].size(), after.groupby(by)[metric].size()
+        for group in a_mean.index:
+            if group not in b_mean.index:
+                continue
+            data = " ".join(map(str, group)) if isinstance(group, tuple) else str(group)
+            if isinstance(group, tuple) and "fraction" in by:
+                data = f"{group[0]}, {group[1]:.0%} labels"
+            out.append(
+                f"| {label} | {data} | {b_mean[group]:.3f} ({b_n[group]}) | "
+                f"{a_mean[group]:.3f} ({a_n[group]}) | {a_mean[group] - b_mean[group]:+.3f} |"
+            )
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     from common import write_section
 
-    write_section("peers-summary", summary())
+    write_section("peers-summary", summary() + "\n\n" + before_after())

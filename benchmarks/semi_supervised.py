@@ -191,7 +191,7 @@ def render(store: ResultStore, args) -> None:
         sub = [r for r in rows if r["fraction"] == fraction]
         peers.bar_chart(sub, "accuracy", peers.FIGURES / f"semi_accuracy_{tag}.png")
         peers.bar_chart(sub, "macro_f1", peers.FIGURES / f"semi_macro_f1_{tag}.png")
-    for p in ResultStore("semi_predictions_gpu").rows():
+    for p in peers.prediction_rows("semi"):
         if p["fraction"] == 0.1 and p["method"] in ("gmmvae exact", "scANVI"):
             name = f"semi_confusion_{p['dataset']}_10pct_{peers.slug(p['method'])}.png"
             peers.confusion_figure(

@@ -202,3 +202,16 @@ def test_train_strategy_lightning_rejects_is_a_clear_error(h5ad, tmp_path):
     result = runner.invoke(app, [*args, "--strategy", "no-such-strategy"])
     assert result.exit_code == 1
     assert "Lightning rejected" in result.output
+
+
+def test_train_mixture_placement_option(h5ad, tmp_path):
+    from gmmvae.model import GMMVAE
+
+    out = tmp_path / "kmeans"
+    args = ["train", str(h5ad), "--out", str(out), "--n-components", "3", "--max-epochs", "4"]
+    result = runner.invoke(app, [*args, "--mixture-placement", "kmeans", "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert GMMVAE.load(out).train_params["mixture_placement"] == "kmeans"
+    bad = runner.invoke(app, [*args, "--mixture-placement", "spectral"])
+    assert bad.exit_code != 0
+    assert "spectral" in bad.output

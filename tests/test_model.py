@@ -405,3 +405,18 @@ def test_components_per_cell_trains_and_is_saved(small, tmp_path):
     model.train(2, seed=0, progress_bar=False, batch_size=64)
     model.save(tmp_path / "m")
     assert GMMVAE.load(tmp_path / "m").config.components_per_cell == 2
+
+
+def test_default_pretraining_takes_most_of_a_short_run(small):
+    # 270 training cells at batch 64: 5 steps per epoch, far fewer than the ~1,000 wanted, so
+    # pre-training takes three quarters of the 8 epochs; the mixture is placed by Leiden.
+    model = _fit(small, max_epochs=8)
+    assert model.train_params["mixture_init_epoch"] == 6
+    assert model.train_params["mixture_placement"] == "leiden"
+
+
+def test_unknown_mixture_placement_is_a_clear_error(small):
+    GMMVAE.setup_anndata(small)
+    model = GMMVAE(small, n_components=3)
+    with pytest.raises(GMMVAEInputError, match="mixture_placement 'spectral'"):
+        model.train(2, mixture_placement="spectral", progress_bar=False)

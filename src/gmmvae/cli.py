@@ -49,6 +49,11 @@ class VariantChoice(StrEnum):
     dirichlet = "dirichlet"
 
 
+class PlacementChoice(StrEnum):
+    leiden = "leiden"
+    kmeans = "kmeans"
+
+
 def _quiet_lightning() -> None:
     # Handlers and levels belong to the application (here), not the library.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -155,6 +160,13 @@ def train(
         int | None, typer.Option(help="Epochs; default scales with the number of cells.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 256,
+    mixture_placement: Annotated[
+        PlacementChoice,
+        typer.Option(
+            help="How the pre-trained latent is split into the starting components: leiden "
+            "(kNN graph, resolution giving K clusters) or kmeans."
+        ),
+    ] = PlacementChoice.leiden,
     accelerator: Annotated[
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
@@ -196,6 +208,7 @@ def train(
         model.train(
             max_epochs,
             batch_size=batch_size,
+            mixture_placement=mixture_placement.value,
             seed=seed,
             accelerator=accelerator,
             devices=_devices(devices),
