@@ -82,15 +82,16 @@ def predict_query(
             model_kwargs=model_kwargs,
             train_kwargs=train_kwargs,
         )
+        temperature = float(model.train_params.get("temperature", 1.0))
+        # Uncalibrated probabilities from the same model with T = 1 (inverting the scaling
+        # from the stored float32 probabilities loses the small ones when T is small).
+        model.train_params["temperature"] = 1.0
+        raw = model.predict(query.copy()).to_numpy()
+        model.train_params["temperature"] = temperature
         probs = model.predict(query)
         p = probs.to_numpy()
         predicted = probs.columns.to_numpy()[p.argmax(1)]
         confidence = p.max(1)
-        temperature = float(model.train_params.get("temperature", 1.0))
-        # Uncalibrated probabilities: p_T = softmax(log p / T), so p = softmax(T log p_T).
-        logits = temperature * np.log(np.clip(p, 1e-30, None))
-        raw = np.exp(logits - logits.max(1, keepdims=True))
-        raw /= raw.sum(1, keepdims=True)
         extra.update(epochs=len(model.history), temperature=temperature)
         cells["confidence_uncalibrated"] = raw.max(1)
         n_labels = model.config.n_labels

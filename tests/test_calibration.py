@@ -70,11 +70,19 @@ def test_fit_on_held_out_cells_generalises():
 
 
 def test_too_few_cells_leave_temperature_at_one():
-    # All correct and confident: an unguarded fit would run T to its lower bound.
-    probs = np.tile([0.9, 0.05, 0.05], (MIN_CALIBRATION_CELLS - 1, 1))
+    probs, labels, _ = _overconfident(4000, 3.0, seed=5)
+    few = MIN_CALIBRATION_CELLS - 1
+    assert fit_temperature(probs[:few], labels[:few]) == 1.0
+    assert fit_temperature(probs[:few], labels[:few], min_cells=5) > 1.0
+
+
+def test_all_held_out_cells_correct_leave_temperature_at_one():
+    # The NLL keeps falling as T -> 0 when no held-out cell is misclassified: the fit would end
+    # on its lower bound and make every later prediction ~certain.
+    probs = np.tile([0.9, 0.05, 0.05], (500, 1))
     labels = np.zeros(len(probs), dtype=int)
+    assert nll(probs, labels, 0.05) < nll(probs, labels, 1.0)
     assert fit_temperature(probs, labels) == 1.0
-    assert fit_temperature(probs, labels, min_cells=5) < 1.0
 
 
 def test_calibrated_model_keeps_one_when_scaling_does_not_help():

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 #: Fewer labelled held-out cells than this leave the temperature at 1: a temperature fitted
 #: on a handful of cells that are all classified correctly runs to its lower bound and makes
-#: the model *more* overconfident.
+#: the model *more* overconfident. A fit that ends on a bound is discarded for the same reason.
 MIN_CALIBRATION_CELLS = 30
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -62,8 +62,9 @@ def fit_temperature(
 ) -> float:
     """Temperature minimising the NLL of ``labels`` (ints in [0, K)) under ``probs`` (n, K).
 
-    Returns 1.0 (no scaling) when fewer than ``min_cells`` cells are given. The search runs
-    over log T in ``bounds`` (bounded Brent), which is smooth and one-dimensional.
+    Returns 1.0 (no scaling) when fewer than ``min_cells`` cells are given, when every cell is
+    classified correctly (no finite optimum) or when the optimum lies on a bound. The search
+    runs over log T in ``bounds`` (bounded Brent), which is smooth and one-dimensional.
     """
     probs = np.asarray(probs)
     labels = np.asarray(labels, dtype=np.int64)
@@ -79,6 +80,12 @@ def fit_temperature(
         return 1.0
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
         raise ValueError(f"labels must lie in [0, {probs.shape[1]}), got {labels.min()}..")
+    if (probs.argmax(1) == labels).all():
+        # No held-out cell is misclassified, so the NLL keeps falling as T -> 0: the fit would
+        # end on its lower bound, say nothing about the errors to come and make every later
+        # prediction ~certain (confidence would no longer rank cells).
+        logger.info("Every held-out cell is classified correctly: temperature left at 1.")
+        return 1.0
     low, high = np.log(bounds[0]), np.log(bounds[1])
     result = minimize_scalar(
         lambda log_t: nll(probs, labels, float(np.exp(log_t))),
@@ -89,5 +96,8 @@ def fit_temperature(
     temperature = float(np.exp(result.x))
     # Keep T = 1 unless scaling actually lowers the held-out NLL.
     if nll(probs, labels, temperature) >= nll(probs, labels, 1.0):
+        return 1.0
+    if min(result.x - low, high - result.x) < 0.01:
+        logger.info("Temperature fit ran to its bound (%.3g): left at 1.", temperature)
         return 1.0
     return temperature
