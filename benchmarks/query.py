@@ -180,13 +180,13 @@ def render(store: ResultStore, args) -> None:
     if gm:
         text += [
             "",
-            "gmmvae calibration (temperature fitted on the labelled validation cells; the "
-            "fit ran to its lower bound 0.05 in "
-            f"{sum(r['temperature'] <= 0.0501 for r in gm)} of {len(gm)} models, which were "
-            "underconfident before it, `ece_uncalibrated` "
+            "gmmvae calibration: the temperature is fitted on the labelled validation cells "
+            "and left at 1 with fewer than 30 of them, when none is misclassified or when the "
+            f"fit ends on a bound ({sum(r['temperature'] == 1.0 for r in gm)} of {len(gm)} "
+            "models). `ece_uncalibrated`: the same model's ECE with T = 1, "
             f"{min(r['ece_uncalibrated'] for r in gm):.3f}–"
-            f"{max(r['ece_uncalibrated'] for r in gm):.3f}, and "
-            f"{min(r['ece'] for r in gm):.3f}–{max(r['ece'] for r in gm):.3f} after):",
+            f"{max(r['ece_uncalibrated'] for r in gm):.3f}; with the temperature "
+            f"{min(r['ece'] for r in gm):.3f}–{max(r['ece'] for r in gm):.3f}:",
             "",
             peers.table(gm, ["setting", "method"], ["ece_uncalibrated", "ece", "temperature"]),
         ]
