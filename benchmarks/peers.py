@@ -476,6 +476,9 @@ def save_predictions(store: ResultStore, key: dict, truth, predicted) -> None:
     )
 
 
+_PER_CELL = ("truth", "predicted", "date", "host")  # per-cell fields, not part of a row's key
+
+
 def prediction_rows(name: str) -> list[dict]:
     """Per-cell predictions of protocol ``name`` from both machines (this CPU sandbox's rows
     win where both ran a key: they are the newer ones)."""
@@ -485,9 +488,6 @@ def prediction_rows(name: str) -> list[dict]:
             key = tuple(sorted((k, str(v)) for k, v in row.items() if k not in _PER_CELL))
             by_key[key] = row
     return list(by_key.values())
-
-
-_PER_CELL = ("truth", "predicted", "date", "host")
 
 
 def slug(text: str) -> str:

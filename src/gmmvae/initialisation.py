@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -46,7 +46,7 @@ def encode_cells(module: GMMVAEModule, loader: Any) -> dict[str, np.ndarray]:
 
 
 MixturePlacement = Literal["leiden", "kmeans"]
-PLACEMENTS: tuple[str, ...] = ("leiden", "kmeans")
+PLACEMENTS: tuple[str, ...] = get_args(MixturePlacement)
 
 
 def leiden_partition(latent: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, Any]:
@@ -57,19 +57,19 @@ def leiden_partition(latent: np.ndarray, n_clusters: int, seed: int) -> tuple[np
     The neighbours are exact (scikit-learn): scanpy's approximate search (pynndescent, used
     above 4,096 cells) breaks with scipy >= 1.17 in scanpy 1.11.
     """
-    import scanpy as sc
-
     # scanpy and igraph seed numpy's and Python's global generators; restored so that placing
-    # the mixture leaves the training's random stream (and so resuming a run) unchanged.
+    # the mixture leaves the caller's random streams as they were.
     numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     try:
-        return _leiden_partition(sc, latent, n_clusters, seed)
+        return _leiden_partition(latent, n_clusters, seed)
     finally:
         np.random.set_state(numpy_state)  # noqa: NPY002
         random.setstate(python_state)
 
 
-def _leiden_partition(sc: Any, latent: np.ndarray, n_clusters: int, seed: int):
+def _leiden_partition(latent: np.ndarray, n_clusters: int, seed: int):
+    import scanpy as sc
+
     holder = sc.AnnData(np.zeros((len(latent), 1), dtype=np.float32))
     holder.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
     n_neighbors = min(15, len(latent) - 1)
@@ -198,7 +198,7 @@ def initial_mixture(
     if placed.any():
         distance = ((centres[:, None] - means[placed][None]) ** 2).sum(-1).min(1)
     order = np.lexsort((-distance, cluster_label >= 0))
-    free = np.flatnonzero(~placed)[:n_clusters]
+    free = np.flatnonzero(~placed)
     for component, cluster in zip(free, order, strict=False):
         means[component] = centres[cluster]
         variances[component] = spread(clusters == cluster)
