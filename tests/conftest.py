@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,10 +17,6 @@ from gmmvae.datasets import simulate
 # reproducible, and avoids the 10-100x slowdown of OpenMP threads spinning against other
 # processes when the CPUs are shared.
 torch.set_num_threads(1)
-
-# Lightning's "GPU available: False ..." banners and tips; warnings and errors still show.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
 # Options for a fast, quiet training run; tests add max_epochs and seed.
 FAST = {"progress_bar": False, "batch_size": 64}
@@ -53,6 +48,14 @@ def _clustering_data() -> AnnData:
 def clustering_data(_clustering_data: AnnData) -> AnnData:
     """500 cells x 150 genes, 5 well-separated types (PCA + k-means reaches ARI ~0.99)."""
     return _clustering_data.copy()
+
+
+@pytest.fixture
+def backed(small, tmp_path):
+    """(the small data read back with backed="r", the same data in memory)."""
+    path = tmp_path / "small.h5ad"
+    small.write_h5ad(path)
+    yield anndata.read_h5ad(path, backed="r"), small
 
 
 def _hide_labels(adata: AnnData, fraction: float, *, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 import gmmvae
 from gmmvae import GMMVAE
-from gmmvae.module import LIKELIHOODS, VARIANTS
+from gmmvae.options import LIKELIHOODS, VARIANTS
 
 KW = inspect.Parameter.KEYWORD_ONLY
 VAR_KW = inspect.Parameter.VAR_KEYWORD
@@ -38,14 +38,18 @@ def _module_functions(module) -> dict[str, typing.Callable]:
 def _public_callables() -> dict[str, typing.Callable]:
     found = {f"GMMVAE.{name}": f for name, f in _public_methods().items()}
     found["GMMVAE.__init__"] = GMMVAE.__init__
-    for module in (gmmvae.datasets, gmmvae.metrics, gmmvae.pl):
+    for module in (gmmvae.datasets, gmmvae.metrics, gmmvae.evaluation, gmmvae.pl, gmmvae.pp):
         found.update(_module_functions(module))
     return found
 
 
 def _params(f) -> list[inspect.Parameter]:
     params = list(inspect.signature(f).parameters.values())
-    return params[1:] if params and params[0].name in ("self", "cls") else params
+    # Methods written in their own module (GMMVAE.generate = generation.generate) take the
+    # model first, as ``model`` instead of ``self``.
+    bound_elsewhere = "GMMVAE." not in getattr(f, "__qualname__", "GMMVAE.")
+    first = ("self", "cls", "model") if bound_elsewhere else ("self", "cls")
+    return params[1:] if params and params[0].name in first else params
 
 
 def _options_after(params: list[inspect.Parameter], n_data: int, name: str) -> None:

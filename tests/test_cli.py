@@ -171,7 +171,7 @@ def test_generate_writes_counts(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     synthetic = ad.read_h5ad(out)
     assert synthetic.n_obs == 80
-    assert set(synthetic.obs["cell_type"].astype(str)) == {"type_1", "type_2"}
+    assert set(synthetic.obs["gmmvae_label"].astype(str)) == {"type_1", "type_2"}
     bad = runner.invoke(
         app, ["generate", str(model_dir), "--cell-type", "B", "--out", str(tmp_path / "x.h5ad")]
     )

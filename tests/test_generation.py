@@ -30,9 +30,12 @@ def test_counts_shapes_and_metadata(trained):
     values = synthetic.X.toarray()
     assert (values >= 0).all() and (values == np.round(values)).all()
     assert (synthetic.layers["counts"] != synthetic.X).nnz == 0
-    assert synthetic.obs["synthetic"].all()
+    assert synthetic.obs["gmmvae_synthetic"].all()
+    # the type under the model's labels_key and as predict() writes it, so concat lines up
+    assert synthetic.obs["cell_type"].equals(synthetic.obs["gmmvae_label"])
+    assert model.generate(5, seed=0, key_added="syn").obs["syn_synthetic"].all()
     assert set(synthetic.obs["condition"].astype(str)) <= {"control", "stimulated"}
-    assert synthetic.uns["gmmvae_generate"]["params"]["seed"] == 1
+    assert synthetic.uns["gmmvae"]["params"]["seed"] == 1
     # Library sizes follow the training ones (same order of magnitude).
     ratio = synthetic.X.sum(1).mean() / adata.X.sum(1).mean()
     assert 0.7 < ratio < 1.4
@@ -92,7 +95,7 @@ def test_unlabelled_model_explains_numbered_components():
     model = gmmvae.GMMVAE(adata, n_components=2).train(5, **FAST)
     with pytest.raises(GMMVAEInputError, match="components are numbered"):
         model.generate(5, cell_type="type_0")
-    assert model.generate(5, cell_type="1").obs["cell_type"].eq("1").all()
+    assert model.generate(5, cell_type="1").obs["gmmvae_label"].eq("1").all()
 
 
 def test_untrained_model_refuses():
@@ -108,7 +111,7 @@ def test_gaussian_model_generates_log_values():
     model = gmmvae.GMMVAE(adata, likelihood="gaussian").train(5, **FAST)
     synthetic = model.generate(20, seed=0)
     assert "counts" not in synthetic.layers
-    assert "log-normalised" in synthetic.uns["gmmvae_generate"]["values"]
+    assert "log-normalised" in synthetic.uns["gmmvae"]["values"]
     assert np.isfinite(synthetic.X).all()
 
 

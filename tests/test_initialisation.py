@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gmmvae.initialisation import exactly_k, initial_mixture
+from gmmvae.initialisation import initial_mixture
 
 
 def _three_blobs(seed=0):
@@ -85,15 +85,6 @@ def test_leiden_placement_keeps_a_long_type_whole():
     _, _, kmeans = initial_mixture(latent, no_labels, 2, seed=0, method="kmeans")
     assert adjusted_rand_score(truth, leiden) > 0.95
     assert adjusted_rand_score(truth, kmeans) < 0.5
-
-
-def test_exactly_k_merges_and_splits():
-    latent, _, _ = _three_blobs()
-    too_many = np.arange(len(latent)) % 7  # 7 clusters
-    assert len(np.unique(exactly_k(latent, too_many, 3, seed=0))) == 3
-    too_few = np.zeros(len(latent), dtype=int)
-    fixed = exactly_k(latent, too_few, 3, seed=0)
-    assert sorted(np.unique(fixed)) == [0, 1, 2]
 
 
 def test_component_variance_includes_posterior_variance():

@@ -73,8 +73,9 @@ def test_save_refuses_existing_directory_unless_overwrite(shared_model, tmp_path
     path = tmp_path / "m"
     path.mkdir()
     (path / "keep.txt").write_text("user file")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(GMMVAEInputError, match="overwrite=True") as err:
         shared_model.save(path)
+    assert isinstance(err.value, FileExistsError)  # also catchable as the builtin
     assert (path / "keep.txt").exists()  # nothing was touched
     shared_model.save(path, overwrite=True)
     assert sorted(p.name for p in path.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
@@ -121,8 +122,9 @@ def test_load_directory_reads_back(saved):
 
 
 def test_load_not_a_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
+    with pytest.raises(GMMVAEInputError, match="not a model directory") as err:
         GMMVAE.load(tmp_path / "nothing")
+    assert isinstance(err.value, FileNotFoundError)  # also catchable as the builtin
 
 
 def test_load_missing_weights(saved):

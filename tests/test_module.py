@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from gmmvae.module import (
-    LIKELIHOODS,
-    VARIANTS,
     GMMVAEModule,
     LossOutput,
+    Minibatch,
     ModuleConfig,
     count_parameters,
     library_size,
 )
+from gmmvae.options import LIKELIHOODS, VARIANTS
+from gmmvae.variants import build_module
 
 B, G, K, D = 12, 20, 3, 4
 
@@ -31,7 +32,7 @@ def make_module(variant="exact", likelihood="nb", *, seed=0, **kwargs) -> GMMVAE
         variant=variant,
         **kwargs,
     )
-    return GMMVAEModule(config)
+    return build_module(config)
 
 
 def make_batch(likelihood="nb", *, labels=None, n_conditions=1, n_batches=1, seed=0):
@@ -46,6 +47,17 @@ def make_batch(likelihood="nb", *, labels=None, n_conditions=1, n_batches=1, see
         "condition": torch.randint(0, n_conditions, (B,), generator=g),
         "batch": torch.randint(0, n_batches, (B,), generator=g),
     }
+
+
+def as_minibatch(batch: dict[str, torch.Tensor]) -> Minibatch:
+    labels = batch["label"]
+    return Minibatch(
+        x=batch["x"],
+        condition=batch["condition"],
+        batch=batch["batch"],
+        labelled=labels >= 0,
+        y_true=torch.nn.functional.one_hot(labels.clamp(min=0), K).float(),
+    )
 
 
 def check_output(out: LossOutput, variant: str) -> None:
@@ -242,6 +254,7 @@ def test_components_per_cell_is_an_unbiased_estimate_of_the_full_sum():
     module = make_module("exact", seed=3).eval()  # no dropout noise
     batch = make_batch()
     q = module.inference(batch["x"], batch["condition"])
+    mb = as_minibatch(batch)
     q["z_logvar"] = torch.full_like(q["z_logvar"], -20.0)  # z = its mean: only y is drawn
     with torch.no_grad():
         module.decoder_out.weight.mul_(10.0)  # components that decode differently
@@ -251,9 +264,7 @@ def test_components_per_cell_is_an_unbiased_estimate_of_the_full_sum():
     def mean_estimate(w, k, n=400):
         module.config.components_per_cell = k
         with torch.no_grad():
-            return torch.stack(
-                [module._expected_reconstruction(batch["x"], batch, q, w) for _ in range(n)]
-            ).mean(0)
+            return torch.stack([module.expected_reconstruction(mb, q, w) for _ in range(n)]).mean(0)
 
     torch.manual_seed(0)
     full = mean_estimate(weights, None, n=1)
@@ -277,7 +288,7 @@ def test_components_per_cell_keeps_the_label_of_labelled_cells():
     module = make_module("exact", components_per_cell=2)
     labels = torch.tensor([0, 1, 2] * (B // 3))
     weights = torch.nn.functional.one_hot(labels, K).float()
-    index, index_weights = module._evaluated_components(weights)
+    index, index_weights = module.evaluated_components(weights)
     assert (index[:, 0] == labels).all()
     assert torch.equal(index_weights[:, 0], torch.ones(B))
     assert torch.equal(index_weights[:, 1], torch.zeros(B))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gmmvae
-from gmmvae import GMMVAEInputError, metrics
+from gmmvae import GMMVAEInputError, evaluation, metrics
 from gmmvae.cli import app
 from gmmvae.datasets import simulate
 
@@ -47,16 +47,16 @@ def test_held_out_response_is_recovered(held_out, method):
     real, unchanged = metrics.log_cp10k(stimulated.X), metrics.log_cp10k(control.X)
     predicted = model.predict_perturbation(control, method=method, seed=0)
     genes = list(adata.var_names)
-    degs = metrics.top_degs(real, unchanged, genes, 20)
+    degs = evaluation.top_degs(real, unchanged, genes, 20)
     truth = real.mean(0) - unchanged.mean(0)  # the real response of the held-out type
-    for values in (predicted.layers["log_mean"], metrics.log_cp10k(predicted.X)):
+    for values in (predicted.layers["gmmvae_log_mean"], metrics.log_cp10k(predicted.X)):
         error = ((values.mean(0) - real.mean(0)) ** 2).mean()
         baseline = ((unchanged.mean(0) - real.mean(0)) ** 2).mean()
         assert error < 0.6 * baseline, (error, baseline)
         # The predicted response points the way of the real one.
         assert np.corrcoef(values.mean(0) - unchanged.mean(0), truth)[0, 1] > 0.5
-        scores = metrics.perturbation_scores(real, values, genes, degs)
-        control_scores = metrics.perturbation_scores(real, unchanged, genes, degs)
+        scores = evaluation.perturbation_scores(real, values, genes, degs)
+        control_scores = evaluation.perturbation_scores(real, unchanged, genes, degs)
         assert scores["mean_r2_sklearn_deg"] > control_scores["mean_r2_sklearn_deg"] + 0.25
         assert scores["mean_r2"] > control_scores["mean_r2"] + 0.1
 
@@ -77,11 +77,11 @@ def test_output_fields_and_reproducibility(held_out):
     counts = pred.X.toarray()
     assert (counts >= 0).all() and (counts == np.round(counts)).all()
     assert (pred.layers["counts"] != pred.X).nnz == 0
-    log_mean = pred.layers["log_mean"]
+    log_mean = pred.layers["gmmvae_log_mean"]
     assert log_mean.dtype == np.float32 and np.isfinite(log_mean).all()
     np.testing.assert_array_equal(log_mean[:n], log_mean[n : 2 * n])
     assert not np.array_equal(counts[:n], counts[n : 2 * n])  # each sample its own draw
-    info = pred.uns["gmmvae_perturbation"]
+    info = pred.uns["gmmvae"]
     assert info["params"]["method"] == "transfer" and info["params"]["seed"] == 5
     again = model.predict_perturbation(control, n_samples=3, seed=5)
     np.testing.assert_array_equal(again.X.toarray(), counts)
@@ -95,7 +95,7 @@ def test_donor_weights(held_out):
     control = _cells(adata, HELD_OUT, "control")
     for weighting in ("similarity", "uniform"):
         pred = model.predict_perturbation(control, weighting=weighting)
-        donors = pred.uns["gmmvae_perturbation"]["donors"]
+        donors = pred.uns["gmmvae"]["donors"]
         assert donors["donors"] == ["type_1", "type_2"]  # type_0 was never seen stimulated
         weights = np.asarray(donors["weights"][HELD_OUT])
         assert weights.sum() == pytest.approx(1.0, abs=1e-3)
@@ -103,9 +103,7 @@ def test_donor_weights(held_out):
             np.testing.assert_allclose(weights, 0.5, atol=1e-3)
     # A type seen under both conditions uses its own response only.
     seen = model.predict_perturbation(_cells(adata, "type_1", "control"))
-    np.testing.assert_allclose(
-        seen.uns["gmmvae_perturbation"]["donors"]["weights"]["type_1"], [1, 0]
-    )
+    np.testing.assert_allclose(seen.uns["gmmvae"]["donors"]["weights"]["type_1"], [1, 0])
 
 
 def test_more_than_two_conditions_and_batches():
@@ -134,7 +132,7 @@ def test_gaussian_model_predicts_log_values():
     pred = model.predict_perturbation(control, n_samples=2)
     assert "counts" not in pred.layers
     assert pred.X.shape == (2 * control.n_obs, 40) and np.isfinite(pred.X).all()
-    assert np.isfinite(pred.layers["log_mean"]).all()
+    assert np.isfinite(pred.layers["gmmvae_log_mean"]).all()
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -173,8 +171,8 @@ def test_mismatched_genes_and_options(held_out):
     with pytest.raises(GMMVAEInputError, match="lacks 10 of the model's 100 genes"):
         model.predict_perturbation(control[:, 10:].copy())
     reordered = control[:, ::-1].copy()  # genes are matched by name, any order
-    a = model.predict_perturbation(reordered, method="decoder").layers["log_mean"]
-    b = model.predict_perturbation(control, method="decoder").layers["log_mean"]
+    a = model.predict_perturbation(reordered, method="decoder").layers["gmmvae_log_mean"]
+    b = model.predict_perturbation(control, method="decoder").layers["gmmvae_log_mean"]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     with pytest.raises(GMMVAEInputError, match="n_samples must be a positive integer"):
         model.predict_perturbation(control, n_samples=0)
@@ -192,8 +190,8 @@ def test_loaded_model_needs_a_reference_for_transfer(held_out, tmp_path):
     with pytest.raises(GMMVAEInputError, match=r"needs reference cells.*method='decoder'"):
         loaded.predict_perturbation(control)
     train = model.adata
-    expected = model.predict_perturbation(control).layers["log_mean"]
-    got = loaded.predict_perturbation(control, reference=train).layers["log_mean"]
+    expected = model.predict_perturbation(control).layers["gmmvae_log_mean"]
+    got = loaded.predict_perturbation(control, reference=train).layers["gmmvae_log_mean"]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert loaded.predict_perturbation(control, method="decoder").n_obs == control.n_obs
 
@@ -212,7 +210,7 @@ def test_cli_perturb(held_out, tmp_path):
     assert result.exit_code == 0, result.output
     pred = ad.read_h5ad(out)
     assert pred.n_obs == 2 * ad.read_h5ad(control_path).n_obs
-    assert pred.obs["gmmvae_predicted"].all() and "log_mean" in pred.layers
+    assert pred.obs["gmmvae_predicted"].all() and "gmmvae_log_mean" in pred.layers
     # No overwrite without --force; the default method needs --reference; bad target.
     result = runner.invoke(app, [*args, "--method", "decoder"])
     assert result.exit_code == 1 and "--force" in result.output

@@ -43,6 +43,27 @@ def test_latent_umap_requires_the_representation(small):
         gmmvae.pl.latent_umap(small, color="cell_type")
 
 
+def test_latent_umap_leaves_the_users_graph_and_umap_alone(shared_model, clustering_data):
+    import scanpy as sc
+
+    adata = clustering_data
+    sc.pp.pca(adata, n_comps=10)
+    sc.pp.neighbors(adata, n_neighbors=5)  # the user's own analysis, on PCA
+    sc.tl.umap(adata)
+    before = (adata.obsp["connectivities"].copy(), adata.obsm["X_umap"].copy())
+    params = dict(adata.uns["neighbors"]["params"])
+    shared_model.get_latent(adata)
+    fig = gmmvae.pl.latent_umap(adata, color="cell_type")
+    assert len(fig.axes) >= 1
+    assert (adata.obsp["connectivities"] != before[0]).nnz == 0
+    np.testing.assert_array_equal(adata.obsm["X_umap"], before[1])
+    assert adata.uns["neighbors"]["params"] == params
+    coordinates = adata.obsm["X_gmmvae_umap"].copy()
+    assert coordinates.shape == (adata.n_obs, 2)
+    gmmvae.pl.latent_umap(adata, color="cell_type")  # reused, not recomputed
+    np.testing.assert_array_equal(adata.obsm["X_gmmvae_umap"], coordinates)
+
+
 def test_synthetic_plots(tmp_path):
     import gmmvae
 
@@ -61,7 +82,7 @@ def test_perturbation_scatter_and_violin(tmp_path):
     cells = gmmvae.datasets.simulate(200, 40, 2, n_conditions=2, seed=0)
     real = cells[cells.obs["condition"] == "stimulated"].copy()
     predicted = real.copy()
-    predicted.layers["log_mean"] = gmmvae.metrics.log_cp10k(real.X)
+    predicted.layers["gmmvae_log_mean"] = gmmvae.metrics.log_cp10k(real.X)
     degs = [str(g) for g in real.var_names[:12]]
     fig = gmmvae.pl.perturbation_scatter(
         real, predicted, degs=degs, n_labels=5, save=str(tmp_path / "s.png")

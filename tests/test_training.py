@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gmmvae.module import GMMVAEModule, LossOutput, ModuleConfig
-from gmmvae.training import TrainingPlan, default_max_epochs, kl_warmup_weight
+from gmmvae.module import LossOutput, ModuleConfig
+from gmmvae.schedule import default_max_epochs
+from gmmvae.training import TrainingPlan, kl_warmup_weight
+from gmmvae.variants import build_module
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,7 @@ def test_default_max_epochs(n_cells, expected):
 def _plan():
     torch.manual_seed(0)
     config = ModuleConfig(n_genes=10, n_components=2, n_latent=2, n_hidden=8)
-    return TrainingPlan(GMMVAEModule(config), lr=1e-2, n_epochs_kl_warmup=4)
+    return TrainingPlan(build_module(config), lr=1e-2, n_epochs_kl_warmup=4)
 
 
 def test_training_plan_optimiser_covers_trainable_parameters():
@@ -132,7 +134,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     import gmmvae
-    from gmmvae.data import GMMVAEInputError
+    from gmmvae.errors import GMMVAEInputError
 
     adata = gmmvae.datasets.simulate(100, 30, 2, seed=0)
     gmmvae.GMMVAE.setup_anndata(adata)
@@ -181,3 +183,19 @@ def test_trains_from_a_backed_h5ad_and_leaves_the_file_untouched(small, tmp_path
     np.testing.assert_allclose(model.get_latent(small), latent, rtol=1e-5, atol=1e-6)
     backed.file.close()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_training_prints_only_what_was_asked_for(small, capfd, monkeypatch):
+    """No "GPU available" banner or logging-service tip, even with Lightning at INFO level."""
+    import logging
+
+    import gmmvae
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+    gmmvae.GMMVAE.setup_anndata(small)
+    gmmvae.GMMVAE(small, n_components=3).train(2, progress_bar=False, batch_size=64)
+    out, err = capfd.readouterr()
+    for text in ("GPU available", "TPU available", "Tip", "LeafSpec", "max_epochs"):
+        assert text not in out + err, text
+    assert logging.getLogger("lightning.pytorch").level == logging.INFO  # restored

@@ -6,9 +6,9 @@ synthetic cells and treatment-effect prediction, in one generative model of coun
 
 from importlib.metadata import PackageNotFoundError, version
 
-from gmmvae import datasets, metrics
+from gmmvae import datasets, evaluation, metrics, pp
 from gmmvae import plotting as pl
-from gmmvae.data import GMMVAEInputError, MissingKeyError
+from gmmvae.errors import GMMVAEInputError, MissingKeyError, ModelExistsError, ModelNotFoundError
 from gmmvae.model import GMMVAE
 
 try:
@@ -16,4 +16,15 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
 
-__all__ = ["GMMVAE", "GMMVAEInputError", "MissingKeyError", "datasets", "metrics", "pl"]
+__all__ = [
+    "GMMVAE",
+    "GMMVAEInputError",
+    "MissingKeyError",
+    "ModelExistsError",
+    "ModelNotFoundError",
+    "datasets",
+    "evaluation",
+    "metrics",
+    "pl",
+    "pp",
+]

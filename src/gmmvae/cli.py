@@ -15,6 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gmmvae.options import (
+    DEFAULT_LIKELIHOOD,
+    DEFAULT_PERTURBATION_METHOD,
+    DEFAULT_PLACEMENT,
+    LIKELIHOODS,
+    PERTURBATION_METHODS,
+    PLACEMENTS,
+    VARIANTS,
+)
+
 app = typer.Typer(
     help="Gaussian-mixture VAE for single-cell data: cluster, annotate and embed AnnData files.",
     no_args_is_help=True,
@@ -36,22 +46,18 @@ def main(
     _state["debug"] = debug
 
 
-class LikelihoodChoice(StrEnum):
-    nb = "nb"
-    zinb = "zinb"
-    poisson = "poisson"
-    gaussian = "gaussian"
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """A typer choice type with the option values defined once in :mod:`gmmvae.options`."""
+    return StrEnum(name, {v: v for v in values})
 
 
-class VariantChoice(StrEnum):
-    exact = "exact"
-    shared = "shared"
-    dirichlet = "dirichlet"
-
-
-class PlacementChoice(StrEnum):
-    leiden = "leiden"
-    kmeans = "kmeans"
+LikelihoodChoice = _choices("LikelihoodChoice", LIKELIHOODS)
+VariantChoice = _choices("VariantChoice", VARIANTS)
+PlacementChoice = _choices("PlacementChoice", PLACEMENTS)
+PerturbMethod = _choices("PerturbMethod", PERTURBATION_METHODS)
+DEFAULT_LIKELIHOOD_CHOICE = LikelihoodChoice(DEFAULT_LIKELIHOOD)
+DEFAULT_PLACEMENT_CHOICE = PlacementChoice(DEFAULT_PLACEMENT)
+DEFAULT_PERTURB_METHOD = PerturbMethod(DEFAULT_PERTURBATION_METHOD)
 
 
 def _quiet_lightning() -> None:
@@ -65,7 +71,7 @@ def _quiet_lightning() -> None:
 def _read(path: Path, *, backed: bool = False):
     import anndata as ad
 
-    from gmmvae.data import GMMVAEInputError
+    from gmmvae.errors import GMMVAEInputError
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; check the path.")
@@ -85,7 +91,7 @@ def _fail(err: Exception) -> None:
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Report bad input as one line on stderr with exit code 1 (traceback with --debug)."""
-    from gmmvae.data import GMMVAEInputError
+    from gmmvae.errors import GMMVAEInputError
 
     try:
         yield
@@ -94,7 +100,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _number(text: str) -> float:
-    from gmmvae.data import GMMVAEInputError
+    from gmmvae.errors import GMMVAEInputError
 
     try:
         return float(text)
@@ -151,7 +157,7 @@ def train(
     likelihood: Annotated[
         LikelihoodChoice,
         typer.Option(help="nb/zinb/poisson for raw counts, gaussian for log data."),
-    ] = LikelihoodChoice.nb,
+    ] = DEFAULT_LIKELIHOOD_CHOICE,
     variant: Annotated[
         VariantChoice | None,
         typer.Option(help="Model variant (default: the package default, see README)."),
@@ -166,7 +172,7 @@ def train(
             help="How the pre-trained latent is split into the starting components: leiden "
             "(kNN graph, resolution giving K clusters) or kmeans."
         ),
-    ] = PlacementChoice.leiden,
+    ] = DEFAULT_PLACEMENT_CHOICE,
     accelerator: Annotated[
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
@@ -330,12 +336,6 @@ def generate(
     console.print(f"Wrote {synthetic.n_obs} synthetic cells to {out}.")
 
 
-class PerturbMethod(StrEnum):
-    transfer = "transfer"
-    latent_shift = "latent_shift"
-    decoder = "decoder"
-
-
 @app.command()
 def perturb(
     model_dir: ModelDir,
@@ -359,7 +359,7 @@ def perturb(
             "control difference (both need --reference); decoder: only flip the decoder's "
             "condition (the seed model's approach)."
         ),
-    ] = PerturbMethod.transfer,
+    ] = DEFAULT_PERTURB_METHOD,
     reference: Annotated[
         Path | None,
         typer.Option(
@@ -373,17 +373,17 @@ def perturb(
     """Predict how CONTROL cells respond to a treatment (treatment-effect prediction).
 
     Writes sampled counts in X and layers['counts'], the predicted mean expression
-    (log1p CP10k) in layers['log_mean'], and obs['gmmvae_predicted'] = True.
+    (log1p CP10k) in layers['gmmvae_log_mean'], and obs['gmmvae_predicted'] = True.
     """
     _quiet_lightning()
-    from gmmvae.data import GMMVAEInputError
+    from gmmvae.errors import GMMVAEInputError
     from gmmvae.model import GMMVAE
 
     with _user_errors():
         _check_output(out, force)
         adata = _read(control)
         ref = _read(reference) if reference is not None else None
-        if method is not PerturbMethod.decoder and ref is None:
+        if method.value != "decoder" and ref is None:
             raise GMMVAEInputError(
                 f"--method {method.value} needs --reference REF.h5ad: cells under both "
                 "conditions with cell types (e.g. the training data). Or pass --method decoder."
@@ -439,7 +439,8 @@ def demo(
     """
     _quiet_lightning()
     from gmmvae.datasets import pbmc68k
-    from gmmvae.demo import run_demo, select_genes
+    from gmmvae.demo import run_demo
+    from gmmvae.pp import select_genes
 
     with _user_errors():
         if data is None:

@@ -12,7 +12,7 @@ from anndata import AnnData
 from gmmvae import metrics
 from gmmvae.datasets import mask_labels
 from gmmvae.model import GMMVAE
-from gmmvae.module import Likelihood, Variant
+from gmmvae.options import Likelihood, Variant
 
 
 @dataclass
@@ -28,16 +28,6 @@ class DemoResult:
     label_fraction: float
     seconds: float
     outputs: dict[str, str] = field(default_factory=dict)
-
-
-def select_genes(adata: AnnData, n_top_genes: int, *, layer: str | None = None) -> AnnData:
-    """Top highly variable genes (``seurat_v3`` on counts), the protocol's gene selection."""
-    import scanpy as sc
-
-    if adata.n_vars <= n_top_genes:
-        return adata
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat_v3", layer=layer)
-    return adata[:, adata.var["highly_variable"]].copy()
 
 
 def run_demo(

@@ -2,7 +2,8 @@
 
 ``training_summary`` records what generation needs from the training data (component
 frequencies, library-size quantiles per component, condition and batch frequencies) so that a
-saved model generates without the data. ``generate`` samples cells from it.
+saved model generates without the data. ``generate`` samples cells from it. Both use only the
+model's interface (``_encode``, ``_sample_prior``, ``_decode``, ``_categories``, ``_obs_key``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
 from scipy import sparse
 
 from gmmvae._seed import seeded_rng
-from gmmvae.data import GMMVAEInputError
+from gmmvae.data import CellData
 from gmmvae.distributions import sample_counts
+from gmmvae.errors import GMMVAEInputError
+from gmmvae.options import DEFAULT_KEY
 
 if TYPE_CHECKING:
     from gmmvae.model import GMMVAE
@@ -28,30 +30,24 @@ _MIN_CELLS_PER_COMPONENT = 10  # fewer cells than this: use every cell's library
 _CHUNK = 2048  # cells decoded at a time, so memory stays bounded
 
 
-def training_summary(
-    components: np.ndarray,
-    library: np.ndarray,
-    conditions: np.ndarray,
-    batches: np.ndarray,
-    n_components: int,
-    n_conditions: int,
-    n_batches: int,
-) -> dict[str, Any]:
+def training_summary(model: GMMVAE, data: CellData) -> dict[str, Any]:
     """Frequencies and log-library quantiles of the training cells, JSON-ready.
 
-    ``components`` holds each training cell's label, or its most probable component when
-    unlabelled.
+    A cell's component is its label, or its most probable component when unlabelled.
     """
+    encoded = model._encode(data, ["component", "library"])
+    components, library = encoded["component"], encoded["library"]
+    c = model.config
     log_lib = np.log(np.maximum(library, 1.0))
     per_component = []
-    for k in range(n_components):
+    for k in range(c.n_components):
         cells = log_lib[components == k]
         source = cells if len(cells) >= _MIN_CELLS_PER_COMPONENT else log_lib
         per_component.append(np.quantile(source, _QUANTILES).round(5).tolist())
     return {
-        "component_frequencies": _frequencies(components, n_components),
-        "condition_frequencies": _frequencies(conditions, n_conditions),
-        "batch_frequencies": _frequencies(batches, n_batches),
+        "component_frequencies": _frequencies(components, c.n_components),
+        "condition_frequencies": _frequencies(data.conditions.numpy(), c.n_conditions),
+        "batch_frequencies": _frequencies(data.batches.numpy(), c.n_batches),
         "log_library_quantiles": per_component,
     }
 
@@ -83,7 +79,7 @@ def plan_cells(
     names = model.component_names
     hint = (
         ""
-        if model.config.n_labels
+        if model._categories("labels")
         else " This model was trained without labels, so its components are numbered; ask "
         "for a component by its number, e.g. cell_type='0', and compare with model.predict()."
     )
@@ -132,8 +128,13 @@ def _library_sizes(
         return np.full(len(components), value)
     quantiles = np.asarray(model.generation_summary["log_library_quantiles"])  # (K, 101)
     u = rng.uniform(size=len(components))
-    log_lib = np.array(
-        [np.interp(ui, _QUANTILES, quantiles[k]) for ui, k in zip(u, components, strict=True)]
+    # Inverse CDF per cell, vectorised: the bracketing quantile of each draw, interpolated.
+    position = u * (len(_QUANTILES) - 1)
+    lower = np.minimum(position.astype(int), len(_QUANTILES) - 2)
+    frac = position - lower
+    rows = quantiles[components]
+    log_lib = (
+        rows[np.arange(len(u)), lower] * (1 - frac) + rows[np.arange(len(u)), lower + 1] * frac
     )
     return np.round(np.exp(log_lib))
 
@@ -147,91 +148,105 @@ def generate(
     batch: str | None = None,
     library_size: str | float = "empirical",
     seed: int = 0,
+    key_added: str = DEFAULT_KEY,
 ) -> AnnData:
-    """See :meth:`gmmvae.GMMVAE.generate`."""
+    """Synthetic cells sampled from the generative model.
+
+    Draws a component y (the requested type, or from the training composition), then
+    z ~ p(z|y), then counts from the likelihood given a library size.
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells, or a mapping ``{cell type: number}``.
+    cell_type
+        A type (component name) or a list of them; each gets ``n_cells`` cells. Default:
+        types drawn with their training frequencies.
+    condition, batch
+        A condition / batch seen in training; default: drawn with training frequencies.
+    library_size
+        ``"empirical"`` (drawn from the training library sizes of the cell's type) or a
+        fixed number of counts per cell.
+    seed
+        Seed of every draw (local to the call).
+    key_added
+        Prefix of the obs columns and the ``uns`` entry written.
+
+    Returns
+    -------
+    AnnData with the model's genes: counts in ``X`` (CSR, float32, integer-valued) and
+    ``layers["counts"]`` (for a Gaussian model, log-normalised values in ``X`` and no counts
+    layer); ``obs[f"{key_added}_label"]`` (categorical, the component name, as
+    :meth:`~gmmvae.GMMVAE.predict` writes for real cells), the model's labels, condition and
+    batch columns under their training names when it has them, ``obs[f"{key_added}_synthetic"]``
+    (True), ``obs[f"{key_added}_library_size"]`` (float32, the library size drawn; count
+    likelihoods only) and how the cells were made in ``uns[key_added]``.
+    """
     if not model.is_trained or not model.generation_summary:
         raise GMMVAEInputError("Train the model before generating cells (model.train()).")
     rng = np.random.default_rng(seed)
     components = plan_cells(model, n_cells, cell_type, rng)
     n = len(components)
-    reg, summary = model.registry, model.generation_summary
+    summary = model.generation_summary
     conditions = _covariate_codes(
         condition,
-        list(reg.get("conditions") or []),
+        model._categories("conditions"),
         summary["condition_frequencies"],
         n,
         "condition",
         rng,
     )
     batches = _covariate_codes(
-        batch, list(reg.get("batches") or []), summary["batch_frequencies"], n, "batch", rng
+        batch, model._categories("batches"), summary["batch_frequencies"], n, "batch", rng
     )
     gaussian = model.config.likelihood == "gaussian"
     library = np.ones(n) if gaussian else _library_sizes(model, components, library_size, rng)
-
-    module = model.module
-    device = next(module.parameters()).device
-    module.eval()
     chunks = []
-    with seeded_rng(seed), torch.no_grad():
+    with seeded_rng(seed):
         for start in range(0, n, _CHUNK):
             part = slice(start, start + _CHUNK)
-            z = module.sample_latent(_tensor(components[part], device))
-            params = module.generative(
-                z,
-                _tensor(library[part], device, torch.float32),
-                _tensor(conditions[part], device),
-                _tensor(batches[part], device),
-            )
+            z = model._sample_prior(components[part])
+            params = model._decode(z, library[part], conditions[part], batches[part])
             x = sample_counts(model.config.likelihood, params)
             chunks.append(x.cpu().numpy().astype(np.float32))
-    values = np.concatenate(chunks)
-    return _as_anndata(
-        model,
-        values,
-        components,
-        conditions,
-        batches,
-        library,
-        gaussian,
-        {
-            "n_cells": n,
-            "cell_type": cell_type,
-            "condition": condition,
-            "batch": batch,
-            "library_size": library_size,
-            "seed": seed,
-        },
-    )
+    params = {
+        "n_cells": n,
+        "cell_type": cell_type,
+        "condition": condition,
+        "batch": batch,
+        "library_size": library_size,
+        "seed": seed,
+    }
+    cells = {"component": components, "conditions": conditions, "batches": batches}
+    return _as_anndata(model, np.concatenate(chunks), cells, library, params, key_added)
 
 
-def _tensor(values: np.ndarray, device, dtype=torch.long) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=dtype).to(device)
-
-
-def _as_anndata(model, values, components, conditions, batches, library, gaussian, params):
-    reg = model.registry
+def _as_anndata(model, values, cells, library, params, key) -> AnnData:
     obs = pd.DataFrame(
-        {"cell_type": pd.Categorical.from_codes(components, model.component_names)},
-        index=[f"synthetic_{i}" for i in range(len(components))],
+        {f"{key}_label": pd.Categorical.from_codes(cells["component"], model.component_names)},
+        index=[f"synthetic_{i}" for i in range(len(values))],
     )
-    if reg.get("conditions"):
-        obs["condition"] = pd.Categorical.from_codes(conditions, list(reg["conditions"]))
-    if reg.get("batches"):
-        obs["batch"] = pd.Categorical.from_codes(batches, list(reg["batches"]))
-    obs["synthetic"] = True
+    labels_key = model._obs_key("labels")
+    if labels_key is not None:
+        obs[labels_key] = obs[f"{key}_label"].copy()
+    for role, codes in (("condition", cells["conditions"]), ("batch", cells["batches"])):
+        names = model._categories(f"{role}s")
+        if names:
+            obs[model._obs_key(role)] = pd.Categorical.from_codes(codes, names)
+    obs[f"{key}_synthetic"] = True
     var = pd.DataFrame(index=pd.Index(model.gene_names, name=None))
+    likelihood = model.config.likelihood
     info = {
         "params": {k: v for k, v in params.items() if v is not None and not isinstance(v, dict)},
         "variant": model.config.variant,
-        "likelihood": model.config.likelihood,
+        "likelihood": likelihood,
     }
-    if gaussian:
+    if likelihood == "gaussian":
         info["values"] = "log-normalised (Gaussian likelihood): samples of the decoder's normal"
-        return AnnData(X=values, obs=obs, var=var, uns={"gmmvae_generate": info})
-    info["values"] = f"counts sampled from the {model.config.likelihood} likelihood"
+        return AnnData(X=values, obs=obs, var=var, uns={key: info})
+    info["values"] = f"counts sampled from the {likelihood} likelihood"
     counts = sparse.csr_matrix(values)
-    adata = AnnData(X=counts, obs=obs, var=var, uns={"gmmvae_generate": info})
+    adata = AnnData(X=counts, obs=obs, var=var, uns={key: info})
     adata.layers["counts"] = counts.copy()
-    adata.obs["library_size_target"] = library.astype(np.float32)
+    adata.obs[f"{key}_library_size"] = library.astype(np.float32)
     return adata

@@ -2,136 +2,18 @@
 
 from __future__ import annotations
 
-import random
-from typing import Any, Literal, get_args
-
 import lightning.pytorch as pl
 import numpy as np
-import scipy.sparse
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from gmmvae.clustering import leiden_with_k
+from gmmvae.data import CellData
+from gmmvae.inference import encode
 from gmmvae.module import GMMVAEModule
-from gmmvae.nn import one_hot_covariates
+from gmmvae.options import DEFAULT_PLACEMENT, MixturePlacement
 
 _MAX_HEAD_CELLS = 20_000  # cells used to fit q(y|x)'s head; plenty for a K-way linear layer
-
-
-def encode_cells(module: GMMVAEModule, loader: Any) -> dict[str, np.ndarray]:
-    """Posterior means (``latent``) and variances (``latent_var``), encoder features
-    (``features``) and label codes, in eval mode."""
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    out: dict[str, list[np.ndarray]] = {
-        "latent": [],
-        "latent_var": [],
-        "features": [],
-        "labels": [],
-    }
-    with torch.no_grad():
-        for batch in loader:
-            x, condition = batch["x"].to(device), batch["condition"].to(device)
-            cov = one_hot_covariates([condition], module.encoder_cov_sizes)
-            features = module.encoder(module.encoder_input(x), cov)
-            # Copies, not views of torch storage: kept views fragment the heap (see
-            # GMMVAE._predict_cells).
-            out["features"].append(features.cpu().numpy().copy())
-            posterior = module.posterior(x, condition)
-            for key in ("latent", "latent_var"):
-                out[key].append(posterior[key].cpu().numpy().copy())
-            out["labels"].append(batch["label"].numpy().copy())
-    module.train(was_training)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-MixturePlacement = Literal["leiden", "kmeans"]
-PLACEMENTS: tuple[str, ...] = get_args(MixturePlacement)
-
-
-def leiden_partition(latent: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, Any]:
-    """Leiden on the cells' kNN graph (``sc.pp.neighbors`` defaults, ``sc.tl.leiden`` with
-    igraph), resolution bisected towards ``n_clusters``; the closest partition found and the
-    graph's connectivities.
-
-    The neighbours are exact (scikit-learn): scanpy's approximate search (pynndescent, used
-    above 4,096 cells) breaks with scipy >= 1.17 in scanpy 1.11.
-    """
-    # scanpy and igraph seed numpy's and Python's global generators; restored so that placing
-    # the mixture leaves the caller's random streams as they were.
-    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    try:
-        return _leiden_partition(latent, n_clusters, seed)
-    finally:
-        np.random.set_state(numpy_state)  # noqa: NPY002
-        random.setstate(python_state)
-
-
-def _leiden_partition(latent: np.ndarray, n_clusters: int, seed: int):
-    import scanpy as sc
-
-    holder = sc.AnnData(np.zeros((len(latent), 1), dtype=np.float32))
-    holder.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
-    n_neighbors = min(15, len(latent) - 1)
-    sc.pp.neighbors(
-        holder,
-        n_neighbors,
-        use_rep="X_latent",
-        transformer="sklearn",
-        random_state=seed,
-    )
-    low, high, best = 0.0, 3.0, None
-    for _ in range(15):
-        resolution = (low + high) / 2
-        sc.tl.leiden(
-            holder, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2
-        )
-        clusters = holder.obs["leiden"].cat.codes.to_numpy()
-        n = clusters.max() + 1
-        if best is None or abs(n - n_clusters) < abs(best.max() + 1 - n_clusters):
-            best = clusters.copy()
-        if n == n_clusters:
-            break
-        low, high = (resolution, high) if n < n_clusters else (low, resolution)
-    return best, holder.obsp["connectivities"]
-
-
-def exactly_k(
-    latent: np.ndarray, clusters: np.ndarray, k: int, seed: int, connectivities: Any = None
-) -> np.ndarray:
-    """Cluster codes 0..k-1. While there are too many, the two most connected clusters merge
-    (share of the smaller one's kNN-graph weight going to the other; nearest centres without a
-    graph); while there are too few, the widest cluster is split in two by k-means."""
-    from sklearn.cluster import KMeans
-
-    clusters = np.unique(clusters, return_inverse=True)[1]
-    while clusters.max() + 1 > k:
-        n = clusters.max() + 1
-        membership = scipy.sparse.csr_matrix(
-            (np.ones(len(clusters)), (np.arange(len(clusters)), clusters)), shape=(len(clusters), n)
-        )
-        sizes = np.asarray(membership.sum(0)).ravel()
-        if connectivities is not None:
-            link = (membership.T @ connectivities @ membership).toarray()
-            affinity = link / np.minimum.outer(sizes, sizes)
-        else:
-            centres = (membership.T @ latent) / sizes[:, None]
-            affinity = -((centres[:, None] - centres[None]) ** 2).sum(-1)
-        np.fill_diagonal(affinity, -np.inf)
-        i, j = np.unravel_index(np.argmax(affinity), affinity.shape)
-        clusters[clusters == max(i, j)] = min(i, j)
-        clusters = np.unique(clusters, return_inverse=True)[1]
-    while clusters.max() + 1 < k:
-        spread = [
-            ((latent[clusters == c] - latent[clusters == c].mean(0)) ** 2).sum()
-            for c in range(clusters.max() + 1)
-        ]
-        members = np.flatnonzero(clusters == int(np.argmax(spread)))
-        if len(members) < 2:
-            break
-        halves = KMeans(2, n_init=3, random_state=seed).fit_predict(latent[members])
-        clusters[members[halves == 1]] = clusters.max() + 1
-    return clusters
 
 
 def partition(latent: np.ndarray, k: int, seed: int, method: MixturePlacement) -> np.ndarray:
@@ -140,8 +22,7 @@ def partition(latent: np.ndarray, k: int, seed: int, method: MixturePlacement) -
 
     if method == "kmeans" or len(latent) <= k:
         return KMeans(k, n_init=3, random_state=seed).fit_predict(latent)
-    clusters, connectivities = leiden_partition(latent, k, seed)
-    return exactly_k(latent, clusters, k, seed, connectivities)
+    return leiden_with_k(latent, k, seed=seed)
 
 
 def initial_mixture(
@@ -249,18 +130,22 @@ def fit_assignment_head(
 class MixtureInitialisation(Callback):
     """Place p(z|y) on the cells' latent positions once the encoder means something.
 
-    Before epoch ``at_epoch`` the model trains as a plain VAE (``pretraining``); at its start the
-    components move to k-means centres of the latent (labelled components to their cells' mean),
-    without labels the exact variant's q(y|x) head is fitted to the resulting assignments, and
-    early stopping
-    restarts because the loss changes meaning. Random component means otherwise let one
-    component take every cell.
+    Before epoch ``at_epoch`` the model trains as a plain VAE (``pretraining``). At its start
+    the cells of ``cells`` are encoded and partitioned (:func:`initial_mixture`: Leiden on
+    their kNN graph by default, k-means on request), each component takes its group's mean and
+    variance, a variant with a q(y|x) head on the encoder features has it fitted to the
+    groups when there are no labels, and early stopping restarts because the loss changes
+    meaning. Random component means otherwise let one component take every cell.
     """
 
     def __init__(
-        self, loader: Any, at_epoch: int, seed: int = 0, method: MixturePlacement = "leiden"
+        self,
+        cells: CellData,
+        at_epoch: int,
+        seed: int = 0,
+        method: MixturePlacement = DEFAULT_PLACEMENT,
     ) -> None:
-        self.loader = loader
+        self.cells = cells
         self.method = method
         self.at_epoch = at_epoch
         self.seed = seed
@@ -277,21 +162,33 @@ class MixtureInitialisation(Callback):
             if isinstance(callback, EarlyStopping):
                 callback.wait_count = 0
                 callback.best_score = torch.tensor(float("inf"))
-        module: GMMVAEModule = pl_module.module
-        cells = encode_cells(module, self.loader)
-        K = module.config.n_components
-        means, logvars, assignment = initial_mixture(
-            cells["latent"], cells["labels"], K, self.seed, self.method, cells["latent_var"]
-        )
-        # Every DDP rank computes the same placement; rank 0's is broadcast so that they agree
-        # to the bit (k-means ties, thread counts).
-        means, logvars = trainer.strategy.broadcast((means, logvars), src=0)
-        with torch.no_grad():
-            module.prior_mean.copy_(torch.from_numpy(means))
-            module.prior_logvar.copy_(torch.from_numpy(logvars))
-        # With labels the head has learnt from them during pre-training; refitting it to
-        # nearest components would hand the free components whole labelled types.
-        if module.config.variant == "exact" and module.config.n_labels == 0:
-            fit_assignment_head(module.y_logits, cells["features"], assignment, self.seed)
-            head = {k: v.cpu() for k, v in module.y_logits.state_dict().items()}
-            module.y_logits.load_state_dict(trainer.strategy.broadcast(head, src=0))
+        place_mixture(pl_module.module, self.cells, self.seed, self.method, trainer.strategy)
+
+
+def place_mixture(
+    module: GMMVAEModule, cells: CellData, seed: int, method: MixturePlacement, strategy=None
+) -> None:
+    """Move the components of p(z|y) onto the encoded ``cells`` (see :func:`initial_mixture`).
+
+    Under data parallelism every rank computes the same placement; rank 0's is broadcast so
+    that they agree to the bit (k-means ties, thread counts).
+    """
+    encoded = encode(module, cells, ("latent", "latent_var", "features", "label"))
+    K = module.config.n_components
+    means, logvars, assignment = initial_mixture(
+        encoded["latent"], encoded["label"], K, seed, method, encoded["latent_var"]
+    )
+    if strategy is not None:
+        means, logvars = strategy.broadcast((means, logvars), src=0)
+    with torch.no_grad():
+        module.prior_mean.copy_(torch.from_numpy(means))
+        module.prior_logvar.copy_(torch.from_numpy(logvars))
+    # With labels the head has learnt from them during pre-training; refitting it to
+    # nearest components would hand the free components whole labelled types.
+    head = module.assignment_head
+    if head is None or module.config.n_labels:
+        return
+    fit_assignment_head(head, encoded["features"], assignment, seed)
+    if strategy is not None:
+        state = {k: v.cpu() for k, v in head.state_dict().items()}
+        head.load_state_dict(strategy.broadcast(state, src=0))

@@ -11,12 +11,18 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from gmmvae.data import GMMVAEInputError
+from gmmvae.errors import GMMVAEInputError, ModelExistsError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from gmmvae.model import GMMVAE
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -33,7 +39,7 @@ def save_directory(
     """Write ``config`` and ``state_dict`` into directory ``path`` atomically."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        raise ModelExistsError(f"{path} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -59,7 +65,9 @@ def load_directory(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
     """Read a model directory written by :func:`save_directory`; errors say what is wrong."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a model directory (written by model.save).")
+        raise ModelNotFoundError(
+            f"{path} is not a model directory (written by model.save); check the path."
+        )
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     for p in (config_path, weights_path):
         if not p.is_file():
@@ -89,3 +97,26 @@ def load_directory(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
             "the file is corrupted or not a gmmvae model. Re-save or retrain the model."
         ) from err
     return config, state
+
+
+def model_state(model: GMMVAE) -> dict[str, Any]:
+    """Everything but the weights that a saved model needs, JSON-ready."""
+    return {
+        "module": asdict(model.config),
+        "registry": _jsonable(model.registry),
+        "gene_names": model.gene_names,
+        "component_names": model.component_names,
+        "is_trained": model.is_trained,
+        "train_params": model.train_params,
+        "generation_summary": model.generation_summary,
+        "history": model.history.reset_index().to_dict(orient="list"),
+        "versions": {p: version(p) for p in ("gmmvae", "torch", "anndata", "lightning")},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value

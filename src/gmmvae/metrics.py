@@ -1,4 +1,10 @@
-"""Clustering and classification metrics: ARI, NMI, Hungarian accuracy, purity, F1, ECE."""
+"""Model-agnostic scores on arrays: clustering (ARI, NMI, Hungarian accuracy, purity),
+classification (accuracy, macro-F1, calibration error), distances between sets of cells (MMD,
+energy distance) and agreement of per-gene statistics (R², moment correlations).
+
+Scores that fit a model or run a scanpy analysis (two-sample classifiers, DEGs, marker overlap,
+treatment-effect scores) are in :mod:`gmmvae.evaluation`.
+"""
 
 from __future__ import annotations
 
@@ -104,34 +110,6 @@ def log_cp10k(matrix: np.ndarray | sparse.spmatrix) -> np.ndarray:
     return np.log1p(x / library * 1e4)
 
 
-def pooled_pcs(
-    real: np.ndarray, synthetic: np.ndarray, n_pcs: int = 50, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """PCA fitted on the pooled real + synthetic cells; returns both sets of scores."""
-    from sklearn.decomposition import PCA
-
-    pooled = np.vstack([real, synthetic])
-    n_pcs = min(n_pcs, pooled.shape[0] - 1, pooled.shape[1])
-    scores = PCA(n_pcs, random_state=seed).fit_transform(pooled)
-    return scores[: len(real)], scores[len(real) :]
-
-
-def c2st_auc(real: np.ndarray, synthetic: np.ndarray, *, n_pcs: int = 50, seed: int = 0) -> float:
-    """Classifier two-sample test: 5-fold ROC-AUC of a random forest telling real from synthetic.
-
-    Inputs are log1p-CP10k matrices (cells x genes); 0.5 means indistinguishable.
-    """
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-    a, b = pooled_pcs(real, synthetic, n_pcs, seed)
-    x = np.vstack([a, b])
-    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
-    folds = StratifiedKFold(n_splits=min(5, len(a), len(b)), shuffle=True, random_state=seed)
-    forest = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
-    return float(cross_val_score(forest, x, y, cv=folds, scoring="roc_auc").mean())
-
-
 def mmd_rbf(a: np.ndarray, b: np.ndarray, *, max_cells: int = 2000, seed: int = 0) -> float:
     """Squared MMD (biased estimate) with an RBF kernel whose bandwidth is the median heuristic."""
     from scipy.spatial.distance import cdist
@@ -157,32 +135,6 @@ def moment_correlations(real: np.ndarray, synthetic: np.ndarray) -> dict[str, fl
     }
 
 
-def _top_markers(log_data: np.ndarray, groups: np.ndarray, genes, n: int) -> dict[str, set]:
-    import anndata as ad
-    import scanpy as sc
-
-    holder = ad.AnnData(log_data, obs=pd.DataFrame({"g": pd.Categorical(groups)}))
-    holder.var_names = [str(g) for g in genes]
-    sc.tl.rank_genes_groups(holder, "g", method="wilcoxon", n_genes=n)
-    names = holder.uns["rank_genes_groups"]["names"]
-    return {g: set(names[g][:n]) for g in names.dtype.names}
-
-
-def marker_overlap(
-    real: np.ndarray,
-    real_groups: Sequence[str],
-    synthetic: np.ndarray,
-    synthetic_groups: Sequence[str],
-    genes: Sequence[str],
-    n: int = 20,
-) -> dict[str, float]:
-    """Per type, the fraction of its top-``n`` real markers (Wilcoxon, one-vs-rest) that are
-    also top-``n`` markers of the synthetic cells of that type."""
-    real_m = _top_markers(real, np.asarray(real_groups).astype(str), genes, n)
-    syn_m = _top_markers(synthetic, np.asarray(synthetic_groups).astype(str), genes, n)
-    return {g: len(real_m[g] & syn_m.get(g, set())) / n for g in real_m}
-
-
 # ------------------------------------------------------------------ treatment-effect prediction
 def r2_pearson(real: Sequence[float], predicted: Sequence[float]) -> float:
     """scGen's "R²": the squared Pearson correlation (``linregress(...).rvalue ** 2``)."""
@@ -197,32 +149,6 @@ def r2_determination(real: Sequence[float], predicted: Sequence[float]) -> float
     return float(skm.r2_score(np.asarray(real, float), np.asarray(predicted, float)))
 
 
-def top_degs(
-    stimulated: np.ndarray,
-    control: np.ndarray,
-    genes: Sequence[str],
-    n: int = 100,
-) -> list[str]:
-    """The first ``n`` genes of ``sc.tl.rank_genes_groups`` (Wilcoxon), stimulated vs control.
-
-    Inputs are log1p-CP10k matrices (cells x genes) of real cells of one type; genes are
-    ranked by the score of the stimulated group, as scGen's evaluation does.
-    """
-    import anndata as ad
-    import scanpy as sc
-
-    holder = ad.AnnData(
-        np.vstack([stimulated, control]).astype(np.float32),
-        obs=pd.DataFrame(
-            {"g": pd.Categorical(["stim"] * len(stimulated) + ["ctrl"] * len(control))},
-            index=[str(i) for i in range(len(stimulated) + len(control))],
-        ),
-    )
-    holder.var_names = [str(g) for g in genes]
-    sc.tl.rank_genes_groups(holder, "g", groups=["stim"], reference="ctrl", method="wilcoxon")
-    return [str(g) for g in holder.uns["rank_genes_groups"]["names"]["stim"][:n]]
-
-
 def energy_distance(a: np.ndarray, b: np.ndarray, *, max_cells: int = 2000, seed: int = 0) -> float:
     """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (V-statistic) between two sets of
     cells (rows, e.g. PC scores); 0 when the distributions coincide."""
@@ -232,38 +158,3 @@ def energy_distance(a: np.ndarray, b: np.ndarray, *, max_cells: int = 2000, seed
     a = np.asarray(a, float)[rng.permutation(len(a))[:max_cells]]
     b = np.asarray(b, float)[rng.permutation(len(b))[:max_cells]]
     return float(2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean())
-
-
-def perturbation_scores(
-    real: np.ndarray,
-    predicted: np.ndarray,
-    genes: Sequence[str],
-    degs: Sequence[str],
-    *,
-    pcs: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """R² of per-gene means and variances, predicted vs real treated cells, on all genes and
-    on ``degs``; energy distance on ``pcs`` = (real scores, predicted scores) when given.
-
-    ``real`` and ``predicted`` are log1p-CP10k matrices (cells x genes) with columns ``genes``.
-    Keys: ``{mean,var}_r2[_deg]`` (squared Pearson, the headline) and
-    ``{mean,var}_r2_sklearn[_deg]`` (coefficient of determination), ``energy_distance``.
-    """
-    real, predicted = np.asarray(real, float), np.asarray(predicted, float)
-    if real.shape[1] != predicted.shape[1] or real.shape[1] != len(genes):
-        raise ValueError(
-            f"real {real.shape} and predicted {predicted.shape} must have len(genes) = "
-            f"{len(genes)} columns."
-        )
-    position = pd.Index([str(g) for g in genes]).get_indexer([str(g) for g in degs])
-    if (position < 0).any():
-        raise ValueError("every DEG must be one of genes.")
-    scores: dict[str, float] = {}
-    for name, stat in (("mean", np.mean), ("var", np.var)):
-        r, p = stat(real, axis=0), stat(predicted, axis=0)
-        for suffix, idx in (("", slice(None)), ("_deg", position)):
-            scores[f"{name}_r2{suffix}"] = r2_pearson(r[idx], p[idx])
-            scores[f"{name}_r2_sklearn{suffix}"] = r2_determination(r[idx], p[idx])
-    if pcs is not None:
-        scores["energy_distance"] = energy_distance(*pcs)
-    return scores

@@ -24,7 +24,7 @@ over minibatches, draws and the (few) donor types.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,28 +32,31 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
-from gmmvae import data as _data
 from gmmvae._seed import seeded_rng
-from gmmvae.data import GMMVAEInputError
 from gmmvae.distributions import sample_counts
+from gmmvae.errors import GMMVAEInputError
+from gmmvae.options import (
+    DEFAULT_KEY,
+    DEFAULT_PERTURBATION_METHOD,
+    DEFAULT_SHIFT_WEIGHTING,
+    PERTURBATION_METHODS,
+    SHIFT_WEIGHTINGS,
+    PerturbationMethod,
+    ShiftWeighting,
+    check_choice,
+)
+from gmmvae.response import LOG_SCALE, decoder_responses, donor_weights, latent_shifts
+from gmmvae.validation import check_obs_key
 
 if TYPE_CHECKING:
+    from gmmvae.data import CellData
     from gmmvae.model import GMMVAE
-
-Method = Literal["transfer", "latent_shift", "decoder"]
-ShiftWeighting = Literal["similarity", "uniform"]
-METHODS: tuple[str, ...] = ("transfer", "latent_shift", "decoder")
-SHIFT_WEIGHTINGS: tuple[str, ...] = ("similarity", "uniform")
-DEFAULT_METHOD: Method = "transfer"
-MIN_SHIFT_CELLS = 5  # a type needs this many reference cells per condition for its own shift
-_LOG_SCALE = 1e4  # log1p(counts per 10k), the scale every score in the protocol uses
 
 
 # ------------------------------------------------------------------------------ validation
 def _conditions(model: GMMVAE, source: str, target: str) -> tuple[list[str], int, int]:
-    reg = model.registry
-    known = [str(c) for c in reg.get("conditions") or []]
-    if reg.get("condition_key") is None or not known:
+    known = model._categories("conditions")
+    if model._obs_key("condition") is None or not known:
         raise GMMVAEInputError(
             "This model was trained without a condition; treatment-effect prediction needs "
             "one. Set it up with GMMVAE.setup_anndata(adata, condition_key='condition', ...) "
@@ -88,189 +91,19 @@ def _check_source_cells(adata: AnnData, key: str, source: str, target: str) -> N
         )
 
 
-def _cell_data(model: GMMVAE, adata: AnnData, conditions: np.ndarray) -> _data.CellData:
-    """Matrix, labels (-1 where unknown), the given condition codes and the batch codes."""
-    reg = model.registry
-    matrix = _data.get_matrix(adata, reg["layer"])
-    gene_index = _data.align_genes(adata, model.gene_names)
-    counts = model.config.likelihood != "gaussian"
-    _data.check_values(matrix, counts=counts, where=_data.describe_matrix(reg["layer"]))
-    labels = np.full(adata.n_obs, -1, dtype=np.int64)
-    if reg.get("labels_key") is not None and reg["labels_key"] in adata.obs:
-        labels = _data.encode(
-            adata, reg["labels_key"], reg["labels"], "labels_key", missing=reg["unlabeled_category"]
-        )
-    batches = _data.encode(
-        adata, reg["batch_key"], reg.get("batches", []), "batch_key", missing=None
-    )
-    return _data.CellData(matrix, labels, conditions, batches, gene_index=gene_index)
+_ENCODED = ("component_mean", "component_logvar", "component", "library")
 
 
-# ---------------------------------------------------------------------------------- latent
-@torch.no_grad()
-def encode_cells(
-    model: GMMVAE, data: _data.CellData, batch_size: int = 1024
-) -> dict[str, np.ndarray]:
-    """Posterior of every cell under its condition code in ``data``.
-
-    Returns ``mean``/``logvar`` of q(z|x, y, c) at the cell's component (n, d), the component
-    (its label, else the most probable one under q(y|x)) and the library size.
-    """
-    module = model.module
-    module.eval()
-    device = next(module.parameters()).device
-    loader = _data.make_loader(data, batch_size, shuffle=False)
-    means, logvars, comps, libraries = [], [], [], []
-    for batch in loader:
-        x = batch["x"].to(device)
-        cond = batch["condition"].to(device)
-        q = module.inference(x, cond)
-        probs = module.posterior(x, cond)["probs"]  # (B, K)
-        labels = batch["label"].to(device)
-        comp = torch.where(labels >= 0, labels, probs.argmax(-1))
-        mean, logvar = q["z_mean"], q["z_logvar"]
-        if mean.dim() == 3:  # exact variant: one Gaussian per component, (B, K, d)
-            rows = torch.arange(len(comp), device=device)
-            mean, logvar = mean[rows, comp], logvar[rows, comp]
-        means.append(mean.cpu().numpy())
-        logvars.append(logvar.cpu().numpy())
-        comps.append(comp.cpu().numpy())
-        libraries.append(x.sum(-1).cpu().numpy())
+def _encode(model: GMMVAE, data: CellData, batch_size: int) -> dict[str, np.ndarray]:
+    """q(z | x, y, c) at each cell's component (its label, else its most probable one), the
+    component and the library size, under the condition codes in ``data``."""
+    out = model._encode(data, _ENCODED, batch_size=batch_size)
     return {
-        "mean": np.concatenate(means),
-        "logvar": np.concatenate(logvars),
-        "component": np.concatenate(comps),
-        "library": np.concatenate(libraries),
+        "mean": out["component_mean"],
+        "logvar": out["component_logvar"],
+        "component": out["component"],
+        "library": out["library"],
     }
-
-
-def _group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
-    """Per-group means (n_groups, d) and counts; empty groups get NaN."""
-    counts = np.bincount(groups, minlength=n_groups).astype(float)
-    sums = np.zeros((n_groups, values.shape[1]))
-    np.add.at(sums, groups, values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts[:, None], counts
-
-
-def donor_weights(
-    reference: dict[str, np.ndarray],
-    reference_conditions: np.ndarray,
-    query: dict[str, np.ndarray],
-    source: int,
-    target: int,
-    n_components: int,
-    *,
-    weighting: ShiftWeighting = "similarity",
-    min_cells: int = MIN_SHIFT_CELLS,
-) -> dict[str, np.ndarray]:
-    """Which reference types lend their response to each component, and how much.
-
-    Donors are the components with at least ``min_cells`` reference cells under both
-    conditions. Each component k gets weights over the donors (rows sum to 1): with
-    ``"similarity"`` a Gaussian kernel of the distance between k's latent centroid under
-    ``source`` and each donor's, with half the distance to the nearest donor as bandwidth (a
-    donor 1.5 times as far as the nearest weighs about a twelfth as much, one twice as far
-    next to nothing); with ``"uniform"`` every donor weighs the same (scGen's
-    cell-type-balanced mean). A donor component gets all its weight on its own response. The
-    query's own cells give the centroid of a component where it has them (a held-out type),
-    else the reference's.
-
-    Returns ``donors`` (D,), ``weights`` (K, D) and the source/target latent centroids (K, d).
-    """
-    K = n_components
-    comp = reference["component"]
-    src, tgt = reference_conditions == source, reference_conditions == target
-    mean_src, n_src = _group_means(reference["mean"][src], comp[src], K)
-    mean_tgt, n_tgt = _group_means(reference["mean"][tgt], comp[tgt], K)
-    donors = np.flatnonzero((n_src >= min_cells) & (n_tgt >= min_cells))
-    if len(donors) == 0:
-        raise GMMVAEInputError(
-            f"No cell type has {min_cells} or more reference cells under both conditions, so "
-            "there is no treatment response to transfer. Pass reference= with treated and "
-            "control cells of at least one type, or use method='decoder'."
-        )
-    q_mean, q_n = _group_means(query["mean"], query["component"], K)
-    centroid = np.where(q_n[:, None] > 0, q_mean, mean_src)  # (K, d)
-    dist = np.linalg.norm(centroid[:, None, :] - mean_src[donors][None], axis=-1)  # (K, D)
-    dist = np.nan_to_num(dist, nan=np.inf)
-    if weighting == "uniform":
-        weights = np.ones_like(dist)
-    else:
-        nearest = np.maximum(dist.min(1, keepdims=True), 1e-8)
-        with np.errstate(invalid="ignore"):
-            weights = np.exp(-2.0 * (dist / nearest) ** 2)
-    ok = np.isfinite(weights).all(1, keepdims=True) & (weights.sum(1, keepdims=True) > 0)
-    weights = np.where(ok, weights, 1.0)  # a component with no centroid: uniform
-    weights = weights / weights.sum(1, keepdims=True)
-    weights[donors] = np.eye(len(donors))
-    return {"donors": donors, "weights": weights, "mean_src": mean_src, "mean_tgt": mean_tgt}
-
-
-def latent_shifts(donors: dict[str, np.ndarray]) -> np.ndarray:
-    """scGen's latent arithmetic per component: the weighted mean of the donors' differences
-    of target and source latent centroids; (K, d)."""
-    idx = donors["donors"]
-    return donors["weights"] @ (donors["mean_tgt"][idx] - donors["mean_src"][idx])
-
-
-def decoder_responses(
-    model: GMMVAE,
-    reference: dict[str, np.ndarray],
-    reference_conditions: np.ndarray,
-    reference_batches: np.ndarray,
-    donors: dict[str, np.ndarray],
-    source: int,
-) -> np.ndarray:
-    """The model's treatment response of each donor type, transferred to every component.
-
-    For a donor type, the mean over its target cells of log1p(1e4 rho(z, target)) minus the
-    mean over its source cells of log1p(1e4 rho(z, source)), each cell decoded from its own
-    posterior mean: the model's (denoised) estimate of how the type's mean expression moves,
-    on the log1p-CP10k scale. It includes the part of the effect that the encoder puts into
-    z, which flipping only the decoder's condition misses (that flip gave a response 10-35 %
-    smaller than the data's on Kang). Each component gets the weighted mean of its donors'
-    responses; (K, G). The log1p scale (not log rho) lets a response switch on a gene that
-    the receiving type barely expresses, as interferon-stimulated genes are switched on.
-    """
-    target = donors["target"]
-    own = []
-    for k in donors["donors"]:
-        mean_log = []
-        for condition in (target, source):
-            cells = (reference["component"] == k) & (reference_conditions == condition)
-            z, lib = reference["mean"][cells], reference["library"][cells]
-            log1p = _decode_log1p(model, z, lib, condition, reference_batches[cells])
-            mean_log.append(log1p.mean(0))
-        own.append(mean_log[0] - mean_log[1])
-    return donors["weights"] @ np.stack(own)  # (K, G)
-
-
-# -------------------------------------------------------------------------------- decoding
-@torch.no_grad()
-def _decoder_params(model, z, library, condition, batches) -> dict[str, torch.Tensor]:
-    device = next(model.module.parameters()).device
-    n = len(z)
-    return model.module.generative(
-        torch.as_tensor(z, dtype=torch.float32, device=device),
-        torch.as_tensor(library, dtype=torch.float32, device=device).clamp(min=1.0),
-        torch.full((n,), condition, dtype=torch.long, device=device),
-        torch.as_tensor(batches, dtype=torch.long, device=device),
-    )
-
-
-def _decode_log1p(model, z, library, condition, batches, chunk: int = 2048) -> np.ndarray:
-    """log1p(1e4 rho) of the decoder (count likelihoods) or its mean (Gaussian); (n, G)."""
-    parts = []
-    for start in range(0, len(z), chunk):
-        part = slice(start, start + chunk)
-        params = _decoder_params(model, z[part], library[part], condition, batches[part])
-        if "mean" in params:
-            parts.append(params["mean"].cpu().numpy())
-        else:
-            mu = params["mu"].cpu()
-            parts.append(torch.log1p(mu / mu.sum(-1, keepdim=True) * _LOG_SCALE).numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.n_genes), np.float32)
 
 
 @torch.no_grad()
@@ -300,14 +133,15 @@ def _observe(
     means, draws = [], [[] for _ in range(n_draws)]
     for start in range(0, len(z), chunk):
         part = slice(start, start + chunk)
-        params = _decoder_params(model, z[part], library[part], condition, batches[part])
+        params = model._decode(z[part], library[part], condition, batches[part])
         if response is not None:
-            delta = torch.as_tensor(response[part], dtype=torch.float32)
+            device = next(iter(params.values())).device
+            delta = torch.as_tensor(response[part], dtype=torch.float32, device=device)
             if likelihood == "gaussian":
                 params["mean"] = params["mean"] + delta
             else:
                 lib = params["mu"].sum(-1, keepdim=True)
-                moved = torch.expm1(torch.log1p(params["mu"] / lib * _LOG_SCALE) + delta)
+                moved = torch.expm1(torch.log1p(params["mu"] / lib * LOG_SCALE) + delta)
                 moved = moved.clamp(min=0.0) + 1e-8
                 params["mu"] = lib * moved / moved.sum(-1, keepdim=True)
         for i in range(n_draws):
@@ -320,7 +154,7 @@ def _observe(
         total = torch.zeros_like(params["mu"])
         for _ in range(n_mc):
             x = sample_counts(likelihood, params)
-            total += torch.log1p(x / x.sum(-1, keepdim=True).clamp(min=1.0) * _LOG_SCALE)
+            total += torch.log1p(x / x.sum(-1, keepdim=True).clamp(min=1.0) * LOG_SCALE)
         means.append((total / n_mc).cpu().numpy())
     mean = np.concatenate(means).astype(np.float32) if means else None
     return mean, [np.concatenate(d) for d in draws]
@@ -329,71 +163,91 @@ def _observe(
 # ------------------------------------------------------------------------------------ main
 def predict_perturbation(
     model: GMMVAE,
-    adata_ctrl: AnnData,
+    adata: AnnData,
     *,
     source: str = "control",
     target: str = "stimulated",
     n_samples: int = 1,
     seed: int = 0,
-    method: Method = DEFAULT_METHOD,
+    method: PerturbationMethod = DEFAULT_PERTURBATION_METHOD,
     reference: AnnData | None = None,
-    weighting: ShiftWeighting = "similarity",
+    weighting: ShiftWeighting = DEFAULT_SHIFT_WEIGHTING,
     n_mc: int = 32,
     batch_size: int = 1024,
+    key_added: str = DEFAULT_KEY,
 ) -> AnnData:
-    """See :meth:`gmmvae.GMMVAE.predict_perturbation`."""
-    if method not in METHODS:
-        raise GMMVAEInputError(f"method {method!r} is not one of {METHODS}.")
-    if weighting not in SHIFT_WEIGHTINGS:
-        raise GMMVAEInputError(f"weighting {weighting!r} is not one of {SHIFT_WEIGHTINGS}.")
+    """Counterfactual cells: how the given ``source`` cells would look under ``target``.
+
+    Each cell is encoded under ``source`` with its type (its label when the model has
+    labels and ``adata`` carries them, else its most probable component) and decoded
+    under ``target``. Works with any number of conditions; the predicted cell type may
+    have had no ``target`` cells in training.
+
+    Parameters
+    ----------
+    adata
+        The cells to predict, all under ``source`` (e.g. control cells of one type):
+        every value of the condition column must be ``source``; without that column all
+        cells are taken to be. Genes are matched by name.
+    source, target
+        Conditions seen in training.
+    n_samples
+        Draws of counts per cell, each from its own z ~ q(z|x,y,c).
+    seed
+        Seed of the draws (local to the call).
+    method
+        ``"transfer"`` (default): the cell's reconstruction plus the model's response
+        (decoded treated minus decoded control cells, on the log1p-CP10k scale) of the
+        types seen under both conditions, weighted by ``weighting``.
+        ``"latent_shift"``: z plus those types' mean latent difference target - source
+        (scGen's arithmetic), decoded under ``target``. ``"decoder"``: the seed's
+        approach, only the decoder's condition is flipped. A type seen under both
+        conditions uses its own response.
+    reference
+        Cells under both conditions, with types, from which ``"transfer"`` and
+        ``"latent_shift"`` take the response; default the training data (required for a
+        model loaded without it).
+    weighting
+        ``"similarity"`` (default): a type not seen under ``target`` borrows from the
+        others with a Gaussian kernel of latent-centroid distance (nearest weighs most);
+        ``"uniform"``: every type weighs the same, as scGen's balanced mean.
+    n_mc
+        Draws per cell for the expected log1p-CP10k expression in the mean layer.
+    batch_size
+        Cells encoded at a time.
+    key_added
+        Prefix of the layer, obs columns and ``uns`` entry written.
+
+    Returns
+    -------
+    AnnData with ``n_obs * n_samples`` cells and the model's genes: sampled counts in
+    ``X`` and ``layers["counts"]`` (CSR float32; for a Gaussian model, sampled values in
+    ``X`` and no counts layer); ``layers[f"{key_added}_log_mean"]`` (dense float32), the
+    predicted mean expression of each cell normalised like real cells (the expectation of
+    log1p CP10k under the likelihood; the decoder's mean for a Gaussian model), the same
+    for every sample of a cell; ``obs`` copied from ``adata`` with the condition column set
+    to ``target``, ``obs[f"{key_added}_predicted"]`` (True) and
+    ``obs[f"{key_added}_sample"]`` (int, 0-based draw); parameters and donor weights in
+    ``uns[key_added]``. Names get ``-i`` suffixes when ``n_samples > 1``.
+    """
+    check_choice("method", method, PERTURBATION_METHODS)
+    check_choice("weighting", weighting, SHIFT_WEIGHTINGS)
     for name, value in (("n_samples", n_samples), ("n_mc", n_mc)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise GMMVAEInputError(f"{name} must be a positive integer, got {value!r}.")
     if not model.is_trained:
         raise GMMVAEInputError("Train the model before predicting (model.train()).")
-    if adata_ctrl.n_obs == 0:
-        raise GMMVAEInputError("adata_ctrl has no cells; pass at least one control cell.")
+    if adata.n_obs == 0:
+        raise GMMVAEInputError("adata has no cells; pass at least one control cell.")
     known, src, tgt = _conditions(model, source, target)
-    key = model.registry["condition_key"]
-    _check_source_cells(adata_ctrl, key, source, target)
-
-    query_data = _cell_data(model, adata_ctrl, np.full(adata_ctrl.n_obs, src, dtype=np.int64))
-    query = encode_cells(model, query_data, batch_size)
+    _check_source_cells(adata, model._obs_key("condition"), source, target)
+    codes = np.full(adata.n_obs, src, dtype=np.int64)
+    query_data = model._cells(adata, labels="if_present", conditions=codes)
+    query = _encode(model, query_data, batch_size)
+    move = _movement(model, query, method, weighting, reference, known, src, tgt, batch_size)
     batches = query_data.batches.numpy()
-    info: dict[str, Any] = {}
-    z_mean, response, condition = query["mean"], None, tgt
-    if method != "decoder":
-        reference = model.adata if reference is None else reference
-        if reference is None:
-            raise GMMVAEInputError(
-                f"method={method!r} needs reference cells under both conditions with cell "
-                "types (the training data), and this model holds none (it was loaded from "
-                "disk). Pass reference=training_adata, or use method='decoder'."
-            )
-        _data.check_obs_key(reference, key, "condition_key")
-        ref_conditions = _data.encode(reference, key, known, "condition_key", missing=None)
-        ref_data = _cell_data(model, reference, ref_conditions)
-        ref = encode_cells(model, ref_data, batch_size)
-        K = model.config.n_components
-        donors = donor_weights(ref, ref_conditions, query, src, tgt, K, weighting=weighting)
-        donors["target"] = tgt
-        names = model.component_names
-        info = {
-            "donors": [names[k] for k in donors["donors"]],
-            "weights": {
-                names[k]: donors["weights"][k].round(4).tolist()
-                for k in np.unique(query["component"])
-            },
-        }
-        if method == "latent_shift":
-            z_mean = z_mean + latent_shifts(donors)[query["component"]]
-        else:  # transfer: the donors' decoder response on top of the cell's own reconstruction
-            responses = decoder_responses(
-                model, ref, ref_conditions, ref_data.batches.numpy(), donors, src
-            )
-            response, condition = responses[query["component"]], src
-
     rng = np.random.default_rng(seed)
+    z_mean, response, condition = move["z_mean"], move["response"], move["condition"]
     with seeded_rng(seed):
         log_mean, _ = _observe(
             model, z_mean, query["library"], condition, batches, response, n_draws=0, n_mc=n_mc
@@ -422,23 +276,61 @@ def predict_perturbation(
         "weighting": weighting if method != "decoder" else None,
         "n_mc": int(n_mc),
     }
-    return _as_anndata(model, adata_ctrl, key, target, log_mean, draws, params, info)
+    return _as_anndata(model, adata, key_added, target, log_mean, draws, params, move["info"])
 
 
-def _as_anndata(model, adata_ctrl, key, target, log_mean, draws, params, info) -> AnnData:
+def _movement(model, query, method, weighting, reference, known, src, tgt, batch_size):
+    """How the query's cells move to the target: the latent to decode, a response added on
+    the log1p-CP10k scale (``transfer``) and the condition to decode under; donor info."""
+    move = {"z_mean": query["mean"], "response": None, "condition": tgt, "info": {}}
+    if method == "decoder":
+        return move
+    reference = model.adata if reference is None else reference
+    if reference is None:
+        raise GMMVAEInputError(
+            f"method={method!r} needs reference cells under both conditions with cell "
+            "types (the training data), and this model holds none (it was loaded from "
+            "disk). Pass reference=training_adata, or use method='decoder'."
+        )
+    key = model._obs_key("condition")
+    check_obs_key(reference, key, "condition_key")
+    ref_data = model._cells(reference, labels="if_present")
+    ref_conditions = ref_data.conditions.numpy()
+    ref = _encode(model, ref_data, batch_size)
+    K = model.config.n_components
+    donors = donor_weights(ref, ref_conditions, query, src, tgt, K, weighting=weighting)
+    donors["target"] = tgt
+    names = model.component_names
+    move["info"] = {
+        "donors": [names[k] for k in donors["donors"]],
+        "weights": {
+            names[k]: donors["weights"][k].round(4).tolist() for k in np.unique(query["component"])
+        },
+    }
+    if method == "latent_shift":
+        move["z_mean"] = query["mean"] + latent_shifts(donors)[query["component"]]
+        return move
+    # transfer: the donors' decoder response on top of the cell's own reconstruction
+    responses = decoder_responses(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
+    move.update(response=responses[query["component"]], condition=src)
+    return move
+
+
+def _as_anndata(model, adata, key, target, log_mean, draws, params, info) -> AnnData:
     n_samples = len(draws)
-    obs = pd.concat([adata_ctrl.obs] * n_samples) if n_samples > 1 else adata_ctrl.obs.copy()
-    sample_index = np.repeat(np.arange(n_samples), adata_ctrl.n_obs)
+    obs = pd.concat([adata.obs] * n_samples) if n_samples > 1 else adata.obs.copy()
+    sample_index = np.repeat(np.arange(n_samples), adata.n_obs)
     if n_samples > 1:
         obs.index = [f"{name}-{i}" for i, name in zip(sample_index, obs.index, strict=True)]
-    known = [str(c) for c in model.registry["conditions"]]
-    obs[key] = pd.Categorical([str(target)] * len(obs), categories=known)
-    obs["gmmvae_predicted"] = True
-    obs["gmmvae_sample"] = sample_index
+    obs[model._obs_key("condition")] = pd.Categorical(
+        [str(target)] * len(obs), categories=model._categories("conditions")
+    )
+    obs[f"{key}_predicted"] = True
+    obs[f"{key}_sample"] = sample_index
     var = pd.DataFrame(index=pd.Index(model.gene_names))
     values = np.concatenate(draws)
     uns = {
-        "gmmvae_perturbation": {
+        key: {
             "params": {k: v for k, v in params.items() if v is not None},
             "variant": model.config.variant,
             "likelihood": model.config.likelihood,
@@ -447,10 +339,10 @@ def _as_anndata(model, adata_ctrl, key, target, log_mean, draws, params, info) -
     }
     mean_layer = np.tile(log_mean, (n_samples, 1))
     if model.config.likelihood == "gaussian":
-        adata = AnnData(X=values, obs=obs, var=var, uns=uns)
+        result = AnnData(X=values, obs=obs, var=var, uns=uns)
     else:
         counts = sparse.csr_matrix(values)
-        adata = AnnData(X=counts, obs=obs, var=var, uns=uns)
-        adata.layers["counts"] = counts.copy()
-    adata.layers["log_mean"] = mean_layer
-    return adata
+        result = AnnData(X=counts, obs=obs, var=var, uns=uns)
+        result.layers["counts"] = counts.copy()
+    result.layers[f"{key}_log_mean"] = mean_layer
+    return result

@@ -29,13 +29,16 @@ def latent_umap(
     use_rep: str = "X_gmmvae",
     n_neighbors: int = 15,
     seed: int = 0,
+    recompute: bool = False,
     show: bool = False,
     save: str | None = None,
 ) -> Figure:
     """UMAP of a latent representation coloured by obs columns (e.g. true and predicted type).
 
-    Computes neighbours and UMAP on ``adata.obsm[use_rep]`` into ``obsm["X_umap"]`` (and
-    ``obsp``/``uns["neighbors"]``), as ``sc.pp.neighbors`` + ``sc.tl.umap`` would.
+    Neighbours and UMAP are computed on a copy that holds only ``adata.obsm[use_rep]``, so the
+    user's own ``obsp`` graph, ``uns["neighbors"]`` and ``obsm["X_umap"]`` are untouched; the
+    coordinates are kept in ``adata.obsm[f"{use_rep}_umap"]`` and reused on the next call
+    (``recompute=True`` computes them again).
     """
     import scanpy as sc
 
@@ -43,10 +46,15 @@ def latent_umap(
         raise KeyError(
             f"{use_rep!r} is not in adata.obsm ({list(adata.obsm)}); run model.get_latent(adata)."
         )
-    sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
+    basis = f"{use_rep}_umap"
+    if recompute or basis not in adata.obsm:
+        holder = AnnData(np.zeros((adata.n_obs, 0), dtype=np.float32))
+        holder.obsm[use_rep] = np.asarray(adata.obsm[use_rep])
+        sc.pp.neighbors(holder, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
+        sc.tl.umap(holder, random_state=seed)
+        adata.obsm[basis] = holder.obsm["X_umap"]
     colors = [color] if isinstance(color, str) else list(color)
-    fig = sc.pl.umap(adata, color=colors, show=False, return_fig=True, wspace=0.6)
+    fig = sc.pl.embedding(adata, basis=basis, color=colors, show=False, return_fig=True, wspace=0.6)
     return _finish(fig, save=save, show=show)
 
 
@@ -150,7 +158,7 @@ def perturbation_scatter(
     *,
     degs: Sequence[str] | None = None,
     n_labels: int = 10,
-    synthetic_layer: str | None = "log_mean",
+    synthetic_layer: str | None = "gmmvae_log_mean",
     title: str | None = None,
     show: bool = False,
     save: str | None = None,
@@ -158,7 +166,7 @@ def perturbation_scatter(
     """scGen-style scatter of per-gene mean expression, real against predicted treated cells.
 
     ``real`` holds the real treated cells (counts in ``X``); ``synthetic`` the predicted ones,
-    the output of :meth:`gmmvae.GMMVAE.predict_perturbation` (its ``layers["log_mean"]`` by
+    the output of :meth:`gmmvae.GMMVAE.predict_perturbation` (its ``layers["gmmvae_log_mean"]`` by
     default; ``synthetic_layer=None`` scores its sampled counts in ``X``). Both on log1p
     CP10k, genes matched by name. The first ``n_labels`` of ``degs`` are labelled and all of
     them drawn in red; the title gives scGen's R² (squared Pearson) on all genes and on
@@ -208,7 +216,7 @@ def perturbation_violin(
 
     ``real`` (real treated cells) and ``control`` (optional, the cells the prediction started
     from) hold counts in ``X``; for ``synthetic`` (the predicted cells) the sampled counts are
-    used, or ``synthetic_layer="log_mean"`` for the predicted mean expression.
+    used, or ``synthetic_layer="gmmvae_log_mean"`` for the predicted mean expression.
     """
     groups: dict[str, tuple[AnnData, str | None]] = {}
     if control is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tqdm.auto import tqdm
 
-from gmmvae.data import GMMVAEInputError
+from gmmvae.errors import GMMVAEInputError
 from gmmvae.module import GMMVAEModule, LossOutput
 
 CHECKPOINT_NAME = "checkpoint"
@@ -21,8 +24,6 @@ CHECKPOINT_NAME = "checkpoint"
 
 def checkpoint_file(checkpoint_dir: str | Path) -> Path:
     """The checkpoint that ``resume=True`` continues from; a clear error when it is missing."""
-    from gmmvae.data import GMMVAEInputError
-
     path = Path(checkpoint_dir) / f"{CHECKPOINT_NAME}.ckpt"
     if not path.is_file():
         raise GMMVAEInputError(
@@ -37,11 +38,6 @@ def kl_warmup_weight(epoch: int, n_epochs_warmup: int | None) -> float:
     if not n_epochs_warmup:
         return 1.0
     return min(1.0, epoch / n_epochs_warmup)
-
-
-def default_max_epochs(n_cells: int) -> int:
-    """Fewer passes over larger data, as scvi-tools does: 400 up to 20k cells, then ~ 1/n."""
-    return int(max(min(round(20_000 / max(n_cells, 1) * 400), 400), 10))
 
 
 class TrainingPlan(pl.LightningModule):
@@ -251,7 +247,7 @@ def fit(
             EarlyStopping("validation_neg_elbo", patience=early_stopping_patience, mode="min")
         )
     callbacks += trainer_kwargs.pop("callbacks", [])
-    with tempfile.TemporaryDirectory(prefix="gmmvae-") as root:
+    with tempfile.TemporaryDirectory(prefix="gmmvae-") as root, _quiet_lightning():
         trainer = _make_trainer(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -264,16 +260,37 @@ def fit(
             gradient_clip_val=gradient_clip_val,
             default_root_dir=trainer_kwargs.pop("default_root_dir", root),
             callbacks=callbacks,
-            # Our samplers split batches across ranks themselves (gmmvae.data.EpochBatchSampler).
+            # Our samplers split batches across ranks themselves (gmmvae.samplers).
             use_distributed_sampler=trainer_kwargs.pop("use_distributed_sampler", False),
             **trainer_kwargs,
         )
-        with warnings.catch_warnings():
-            # In-process loading is deliberate: batches are one sparse slice each.
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*Consider setting `persistent_workers.*")
-            # train_size=1.0 means no validation set on purpose.
-            warnings.filterwarnings("ignore", ".*validation_step.*but have not passed.*")
-            warnings.filterwarnings("ignore", ".*val_dataloader.*")
-            trainer.fit(plan, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(plan, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     return history.history
+
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Only what the user asked for: no "GPU available" banner, logging-service tip or
+    deprecation noise from inside Lightning during one fit; warnings from gmmvae still show.
+    The loggers' levels are restored afterwards."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        # In-process loading is deliberate: batches are one sparse slice each.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*Consider setting `persistent_workers.*")
+        # train_size=1.0 means no validation set on purpose.
+        warnings.filterwarnings("ignore", ".*validation_step.*but have not passed.*")
+        warnings.filterwarnings("ignore", ".*val_dataloader.*")
+        # Raised inside Lightning's own pytree helpers, not by anything gmmvae passes.
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        for lg in loggers:
+            lg.setLevel(max(lg.level, logging.WARNING))
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
