@@ -1,4 +1,6 @@
-"""Shared helpers for the benchmark scripts: datasets, resumable result rows, markdown tables."""
+"""Shared helpers of the benchmark scripts not yet ported to ``python -m benchmarks``
+(perturbation.py, synthetic.py, speed.py, augmentation.py, variants.py): datasets, resumable
+result rows, markdown tables. Delete this file once they are ported."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ BENCHMARKS_MD = ROOT.parent / "BENCHMARKS.md"
 def load_dataset(name: str) -> tuple[ad.AnnData, str, str]:
     """(adata, labels_key, likelihood) for a benchmark dataset; same genes for every method."""
     import gmmvae
-    from gmmvae.demo import select_genes
+    from gmmvae.pp import select_genes
 
     if name == "pbmc68k_reduced":
         return gmmvae.datasets.pbmc68k(), "bulk_labels", "gaussian"

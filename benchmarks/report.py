@@ -1,0 +1,388 @@
+"""Tables and the one-screen summary in BENCHMARKS.md, from the current rows of each store.
+
+Per (dataset, task, method): mean ± sd over seeds (sd with ddof=1), n seeds. gmmvae against a
+peer: a difference within one sd (the larger of the two) is a tie; otherwise gmmvae wins or
+loses, written the same way either way. Fewer than 2 seeds on either side: no call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import (
+    BENCHMARKS_MD,
+    FIGURES,
+    PROTOCOLS,
+    QUICK_EPOCHS,
+    QUICK_RESULTS,
+    datasets,
+    plots,
+    store,
+)
+from benchmarks.methods import NAMES
+from benchmarks.protocols import module
+
+LEIDEN_LABELS = "kang"  # the dataset whose labels Leiden on PCA made
+METRIC_NAMES = {
+    "ari": "ARI",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "auroc": "AUROC of 1 − confidence",
+}
+
+
+# ----------------------------------------------------------------------------------- rows
+def cap(options: dict[str, Any], quick: bool) -> int | None:
+    """The shared epoch cap a row ran under, None at the method's default (and at the
+    quick runs' epochs)."""
+    value = options.get("max_epochs")
+    return None if value is None or (quick and value == QUICK_EPOCHS) else int(value)
+
+
+def label(method: str, cap: int | None) -> str:
+    """Display name; a shared epoch cap shows in it ("gmmvae (100 epochs)")."""
+    name = NAMES.get(method, method)
+    return name if cap is None else f"{name} ({cap} epochs)"
+
+
+def load(protocol: str, *, quick: bool = False, include_stale: bool = False) -> pd.DataFrame:
+    """The current rows of a protocol, flattened (scores as columns)."""
+    rows = store.current_rows(
+        store.Store(protocol, quick=quick).rows(), protocol, include_stale=include_stale
+    )
+    flat = []
+    for r in rows:
+        row_cap = cap(r.get("options") or {}, quick)
+        name = label(r["method"], row_cap) + (" [stale]" if r["stale"] else "")
+        flat.append(
+            {
+                **{k: r.get(k) for k in ("dataset", "task", "method", "seed", "seconds", "epochs")},
+                "label": name,
+                "cap": -1 if row_cap is None else row_cap,  # -1: a groupable "default"
+                "default": row_cap is None and not r["stale"],
+                "made_by": r.get("commit", "?") + (" (dirty)" if r.get("dirty") else ""),
+                "stale": r["stale"],
+                "date": r.get("date", "")[:10],
+                "machine": _machine(r.get("machine") or {}),
+                "command": r.get("command", ""),
+                "error": r.get("error"),
+                **(r.get("scores") or {}),
+            }
+        )
+    return pd.DataFrame(flat)
+
+
+def _machine(m: dict[str, Any]) -> str:
+    threads, accelerator = m.get("torch_threads"), m.get("accelerator")
+    return f"{m.get('cpu_count')} CPUs, {threads} torch thread(s), {accelerator}"
+
+
+# ------------------------------------------------------------------------------ statistics
+def stats(values: pd.Series) -> tuple[float, float, int]:
+    """(mean, sd with ddof=1 or NaN, n) of the non-missing values."""
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(float)
+    if not len(v):
+        return np.nan, np.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan, len(v)
+
+
+def fmt(mean: float, sd: float, n: int, digits: int = 3) -> str:
+    if n == 0:
+        return "–"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def call(ours: tuple, theirs: tuple, *, lower_is_better: bool = False) -> str:
+    """gmmvae vs a peer on (mean, sd, n) each: 'tie', 'gmmvae wins', 'gmmvae loses'."""
+    (m1, s1, n1), (m2, s2, n2) = ours, theirs
+    if n1 < 2 or n2 < 2:
+        return "no call (< 2 seeds)"
+    diff = m1 - m2
+    if abs(diff) <= max(s1, s2):
+        return "tie"
+    better = diff < 0 if lower_is_better else diff > 0
+    return "gmmvae wins" if better else "gmmvae loses"
+
+
+def made_by(group: pd.DataFrame) -> str:
+    """Which commit made which seeds, e.g. '9106e07' or '9106e07: seeds 0, 1; a3a7d3f: 2'."""
+    by = group.groupby("made_by")["seed"].apply(lambda s: ", ".join(map(str, sorted(s))))
+    if len(by) == 1:
+        return by.index[0]
+    return "; ".join(f"{c}: seeds {s}" for c, s in by.items())
+
+
+# ---------------------------------------------------------------------------------- tables
+def table(frame: pd.DataFrame, proto) -> str:
+    """Markdown table: one line per (dataset, task, method), metrics as mean ± sd."""
+    ok = frame[frame["error"].isna()]
+    metrics = [m for m in proto.METRICS if m in ok.columns]
+    head = proto.HEADLINE
+    cols = ["data", "task", "method", *metrics, "seeds", "seconds", "epochs"]
+    cols.append(f"{METRIC_NAMES.get(head, head)} vs gmmvae")
+    lines = ["| " + " | ".join([*cols, "made by"]) + " |", "|" + "---|" * (len(cols) + 1)]
+    for (ds, task), part in ok.groupby(["dataset", "task"], sort=False):
+        for name, group in part.groupby("label", sort=False):
+            # A peer is compared with gmmvae under the same epoch cap (or both at defaults).
+            ours = part[(part["method"] == "gmmvae") & (part["cap"] == group["cap"].iloc[0])]
+            ref = stats(ours[head]) if len(ours) else (np.nan, np.nan, 0)
+            cells = [ds, task or "–", name]
+            cells += [fmt(*stats(group[m]), digits=_digits(m)) for m in metrics]
+            cells += [str(group["seed"].nunique()), fmt(*stats(group["seconds"]), digits=1)]
+            cells.append(fmt(*stats(group["epochs"]), digits=0))
+            peer = not group["method"].iloc[0].startswith("gmmvae")
+            verdict = "–"
+            if peer and ref[2]:
+                verdict = call(
+                    ref, stats(group[head]), lower_is_better=head in proto.LOWER_IS_BETTER
+                )
+            lines.append("| " + " | ".join([*cells, verdict, made_by(group)]) + " |")
+    return "\n".join(_drop_constant(lines, {"task": "–", "made by": None}))
+
+
+def _digits(metric: str) -> int:
+    return 0 if metric.startswith("n_") else 3
+
+
+def _drop_constant(lines: list[str], columns: dict[str, str | None]) -> list[str]:
+    """Drop a column of a markdown table whose rows all hold one value: ``columns`` maps a
+    header to the only value that may be dropped (None: any; the text says it once)."""
+    rows = [line.strip("|").split(" | ") for line in lines]
+    header = [c.strip() for c in rows[0]]
+    drop = set()
+    for i, name in enumerate(header):
+        values = {r[i].strip() for r in rows[2:]}
+        if name in columns and len(values) <= 1 and columns[name] in (None, *values):
+            drop.add(i)
+    return [
+        "| " + " | ".join(c.strip() for i, c in enumerate(r) if i not in drop) + " |"
+        if k != 1
+        else "|" + "---|" * (len(header) - len(drop))
+        for k, r in enumerate(rows)
+    ]
+
+
+def _order(frame: pd.DataFrame, proto) -> pd.DataFrame:
+    ds_rank = {d: i for i, d in enumerate(proto.DATASETS)}
+    m_rank = {m: i for i, m in enumerate(proto.METHODS)}
+    key = frame.assign(
+        _d=frame["dataset"].map(ds_rank).fillna(99),
+        _t=frame["task"].map(_task_rank),
+        _m=frame["method"].map(m_rank).fillna(99),
+        _c=frame["label"].str.len(),
+    )
+    return key.sort_values(["_d", "_t", "_m", "_c", "seed"], kind="stable").drop(
+        columns=["_d", "_t", "_m", "_c"]
+    )
+
+
+def _task_rank(task: str) -> float:
+    """Numeric tasks ("1% labels") sort by value, others keep their name order."""
+    head = str(task).split("%")[0]
+    try:
+        return float(head)
+    except ValueError:
+        return 0.0
+
+
+def provenance_lines(frame: pd.DataFrame, quick: bool) -> list[str]:
+    """Command(s), seeds, commits, dates, machines and total wall time of the rows shown."""
+    commands = sorted(set(frame["command"]))
+    seeds = " ".join(map(str, sorted(frame["seed"].unique())))
+    dates = sorted(frame["date"])
+    machines = sorted(set(frame["machine"]))
+    hours = pd.to_numeric(frame["seconds"]).sum() / 3600
+    lines = [
+        "Command(s): " + "; ".join(f"`{c}`" for c in commands[:4]),
+        f"Seeds: {seeds}. Commits: {', '.join(sorted(set(frame['made_by'])))}. "
+        f"Dates: {dates[0]} – {dates[-1]}. Total wall time of these rows: {hours:.2f} h.",
+        "Machine(s): "
+        + "; ".join(machines)
+        + (
+            " — wall times from different machines are not comparable."
+            if len(machines) > 1
+            else "."
+        ),
+    ]
+    if frame["made_by"].str.contains("dirty").any():
+        lines.append("Rows marked (dirty) ran with uncommitted changes in src/ or benchmarks/.")
+    if frame["stale"].any():
+        lines.append(
+            "Rows marked [stale] were made by code that has changed since (`--include-stale`)."
+        )
+    if quick:
+        lines.insert(0, "**QUICK smoke rows: tiny subsamples and 3 epochs; not results.**")
+    return lines
+
+
+def section(protocol: str, *, quick: bool = False, include_stale: bool = False) -> str:
+    """The BENCHMARKS.md section of one protocol."""
+    proto = module(protocol)
+    frame = load(protocol, quick=quick, include_stale=include_stale)
+    text = [f"## {proto.TITLE}", "", proto.DESCRIPTION, ""]
+    if frame.empty:
+        return "\n".join([*text, f"(no current rows yet: `python -m benchmarks {protocol}`)"])
+    frame = _order(frame, proto)
+    text += [f"- `{d}`: {datasets.DESCRIPTIONS[d]}" for d in frame["dataset"].unique()]
+    text += ["", *provenance_lines(frame, quick), ""]
+    independent = frame[frame["dataset"] != LEIDEN_LABELS]
+    leiden = frame[frame["dataset"] == LEIDEN_LABELS]
+    if not independent.empty:
+        text += [table(independent, proto), ""]
+    if not leiden.empty:
+        text += [
+            "### Kang: labels from Leiden on PCA (not independent truth)",
+            "",
+            table(leiden, proto),
+            "",
+        ]
+    text += _failures(frame)
+    if not quick and not independent.empty:
+        path = plots.bar_chart(independent, proto.HEADLINE, FIGURES / f"{proto.NAME}.png")
+        if path is not None:
+            text += [f"![{proto.HEADLINE}]({path.relative_to(BENCHMARKS_MD.parent)})"]
+    return "\n".join(text).rstrip()
+
+
+def _failures(frame: pd.DataFrame) -> list[str]:
+    failed = frame[frame["error"].notna()]
+    if failed.empty:
+        return []
+    lines = ["Failed units (error rows; rerun with `--retry-errors`):", ""]
+    for r in failed.itertuples():
+        lines.append(f"- {r.dataset} {r.task or ''} {r.label} seed {r.seed}: {r.error}")
+    return [*lines, ""]
+
+
+# --------------------------------------------------------------------------------- summary
+def _summary_table(frame: pd.DataFrame, proto, peers: list[str]) -> tuple[list[str], dict]:
+    """Lines of one summary table and the count of each verdict in it."""
+    head, lower = proto.HEADLINE, proto.HEADLINE in proto.LOWER_IS_BETTER
+    names = [NAMES[p] for p in peers]
+    lines = [
+        "| data | task | gmmvae | " + " | ".join(names) + " |",
+        "|" + "---|" * (3 + len(names)),
+    ]
+    tally: dict[str, int] = {}
+    for (ds, task), part in frame.groupby(["dataset", "task"], sort=False):
+        ours = stats(part.loc[part["label"] == NAMES["gmmvae"], head])
+        cells = [ds, task or "–", fmt(*ours)]
+        for name in names:
+            theirs = stats(part.loc[part["label"] == name, head])
+            if not (theirs[2] and ours[2]):
+                cells.append(fmt(*theirs))
+                continue
+            verdict = call(ours, theirs, lower_is_better=lower)
+            tally[verdict] = tally.get(verdict, 0) + 1
+            no_call = verdict.startswith("no call")
+            cells.append(fmt(*theirs) if no_call else f"{fmt(*theirs)} · {verdict}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return _drop_constant(lines, {"task": "–"}), tally
+
+
+def summary(*, quick: bool = False) -> str:
+    """One screen: gmmvae at its defaults vs each peer at its defaults, per protocol."""
+    text = [
+        "## Summary: gmmvae at its defaults against each peer at its defaults",
+        "",
+        "Mean ± sd over seeds of each protocol's headline metric (the tables below have the "
+        "rest). Each peer cell says how gmmvae compares: *tie* when the difference is within "
+        "one sd (the larger of the two), else *gmmvae wins* or *gmmvae loses*. Only rows whose "
+        "code is current; capped-epoch rows and gmmvae latent + Leiden are left out here.",
+    ]
+    if quick:
+        text.insert(2, "**QUICK smoke rows: tiny subsamples and 3 epochs; not results.**\n")
+    total: dict[str, int] = {}
+    for protocol in PROTOCOLS:
+        proto = module(protocol)
+        frame = load(protocol, quick=quick)
+        if not frame.empty:
+            frame = frame[frame["error"].isna() & frame["default"]]
+        peers = [m for m in proto.METHODS if not m.startswith("gmmvae")]
+        for title, part in _summary_parts(protocol, frame):
+            if part.empty:
+                continue
+            lines, tally = _summary_table(_order(part, proto), proto, peers)
+            metric = METRIC_NAMES.get(proto.HEADLINE, proto.HEADLINE)
+            text += ["", f"**{proto.TITLE}: {metric}{title}**", "", *lines]
+            for k, v in tally.items():
+                total[k] = total.get(k, 0) + v
+    if not total:
+        return "\n".join([*text, "", "(no current rows yet)"])
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(total.items()))
+    return "\n".join([*text, "", f"All comparisons above: {counts}."])
+
+
+def _summary_parts(protocol: str, frame: pd.DataFrame):
+    if frame.empty:
+        return []
+    independent = frame[frame["dataset"].isin(datasets.INDEPENDENT_TRUTH)]
+    parts = [("", independent)]
+    if protocol == "query":  # Kang's query is a real shift; its labels are Leiden-made
+        parts.append(
+            (" — Kang (labels from Leiden on PCA)", frame[frame["dataset"] == LEIDEN_LABELS])
+        )
+    return parts
+
+
+# --------------------------------------------------------------------------- writing files
+def skeleton() -> str:
+    """A fresh BENCHMARKS.md: title, how to rerun, empty marker sections."""
+    blocks = "\n\n".join(f"<!-- {m} -->\n<!-- /{m} -->" for m in ("summary", *PROTOCOLS))
+    return (
+        "# Benchmarks\n\n"
+        "gmmvae against its peers under the protocols of `../shared/DESIGN.md` §2. Every "
+        "section below is rendered by `python -m benchmarks` from the rows in "
+        "`benchmarks/results/<protocol>.jsonl`; each row records the commit, whether the tree "
+        "was dirty, a fingerprint of the code that made it, package versions, machine, date "
+        "and command, and only rows whose code is current are shown.\n\n"
+        "How to rerun (from the repository root, 3 seeds by default; a rerun skips units whose "
+        "rows are current and resumes a killed run):\n\n"
+        "```bash\n"
+        "pip install -e '.[bench]'\n"
+        "python -m benchmarks clustering   # add --cap 100 for the shared-cap rows\n"
+        "python -m benchmarks semi\n"
+        "python -m benchmarks query\n"
+        "python -m benchmarks novelty\n"
+        "python -m benchmarks summary      # re-renders the summary only\n"
+        "python -m benchmarks clustering --quick   # smoke check, rows in results/quick/\n"
+        "```\n\n"
+        "Rows are refused from a tree with uncommitted changes in `src/` or `benchmarks/` "
+        "unless `--allow-dirty` is given (the rows then say so). Perturbation, synthetic "
+        "cells, speed, augmentation and variants are still run by their own scripts "
+        "(`python benchmarks/perturbation.py` etc.), which append their sections below when "
+        "rerun; their earlier sections are in the git history of this file.\n\n"
+        f"{blocks}\n"
+    )
+
+
+def write_section(marker: str, text: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the text between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    doc = path.read_text() if path.exists() else skeleton()
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        before, rest = doc.split(start, 1)
+        doc = before + block + rest.split(end, 1)[1]
+    elif marker == "summary" and "<!-- " in doc:
+        before, rest = doc.split("<!-- ", 1)
+        doc = before + block + "\n\n<!-- " + rest
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+
+
+def render(protocols: list[str], *, quick: bool = False, include_stale: bool = False) -> Path:
+    """Render the sections of ``protocols`` and the summary; quick ones to results/quick/."""
+    path = QUICK_RESULTS / "BENCHMARKS.md" if quick else BENCHMARKS_MD
+    for protocol in protocols:
+        write_section(protocol, section(protocol, quick=quick, include_stale=include_stale), path)
+    write_section("summary", summary(quick=quick), path)
+    return path

@@ -1,0 +1,268 @@
+"""Result rows: one append-only JSON-lines file per protocol, each row saying what made it.
+
+A row's key is (protocol, dataset, task, method, options, seed). Its ``fingerprint`` is the
+sha256 of the code that can change its result:
+
+- gmmvae rows (``scope="gmmvae"``): every file of the imported ``gmmvae`` package plus the
+  benchmark code the protocol runs (:func:`bench_files`);
+- peer rows (``scope="peer"``): the benchmark code plus the few gmmvae modules the peers are
+  scored or clustered with (Leiden with K, metrics, gene selection, label masking; see
+  :data:`SHARED_MODULES`), so that a change to the model does not make scVI rerun, but a
+  change to the shared Leiden or the metrics does.
+
+A unit is skipped only when a row with the same key and the same fingerprint exists; tables
+use, per key, the newest row whose fingerprint is current (:func:`current_rows`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from benchmarks import QUICK_RESULTS, REPO, RESULTS, ROOT
+
+Scope = Literal["gmmvae", "peer"]
+KEY_FIELDS = ("protocol", "dataset", "task", "method", "options", "seed")
+PACKAGES = (
+    "gmmvae",
+    "torch",
+    "scvi-tools",
+    "celltypist",
+    "scanpy",
+    "anndata",
+    "scikit-learn",
+    "lightning",
+)
+# Benchmark code that can change a result (store.py, report.py and __main__.py cannot).
+BENCH_CODE = ("datasets.py", "methods.py", "protocols/__init__.py")
+PROTOCOL_FILES = {
+    "clustering": ("protocols/clustering.py",),
+    "semi": ("protocols/semi_supervised.py",),
+    "query": ("protocols/query.py",),
+    "novelty": ("protocols/novelty.py",),
+}
+# gmmvae modules that peer rows also depend on.
+SHARED_MODULES = ("gmmvae.clustering", "gmmvae.metrics", "gmmvae.pp", "gmmvae.datasets")
+
+
+def bench_files(protocol: str) -> list[Path]:
+    """The benchmark files whose contents can change a row of ``protocol``."""
+    return [ROOT / name for name in (*BENCH_CODE, *PROTOCOL_FILES[protocol])]
+
+
+def _module_files(name: str) -> list[Path]:
+    """The source file of a module, or every file of a package."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return []
+    if spec.submodule_search_locations:
+        return _tree(Path(spec.origin).parent)
+    return [Path(spec.origin)]
+
+
+def _tree(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+
+
+def package_dir() -> Path:
+    """Folder of the imported gmmvae package (the code that is benchmarked)."""
+    spec = importlib.util.find_spec("gmmvae")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("gmmvae is not importable; pip install -e '.[bench]'.")
+    return Path(spec.origin).parent
+
+
+@functools.cache
+def fingerprint(protocol: str, scope: Scope) -> str:
+    """sha256 of the contents (and relative names) of the code behind a row."""
+    files = bench_files(protocol)
+    if scope == "gmmvae":
+        files += _tree(package_dir())
+    else:
+        files += [f for name in SHARED_MODULES for f in _module_files(name)]
+    digest = hashlib.sha256()
+    for path in sorted(set(files), key=_relative):
+        digest.update(_relative(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _relative(path: Path) -> str:
+    for base in (package_dir().parent, ROOT.parent):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
+def _git(*args: str) -> str | None:
+    """Output of a read-only git command in the repository; None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+@functools.cache
+def code_state() -> dict[str, Any]:
+    """Commit (short hash) and whether src/ or benchmarks/ differ from it.
+
+    ``dirty`` is also True when the imported gmmvae is not this checkout's ``src/gmmvae``
+    (then the commit does not describe the code that ran; ``gmmvae_path`` says where it was).
+    """
+    status = _git(
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "benchmarks",
+        ":(exclude)benchmarks/results",
+        ":(exclude)benchmarks/figures",
+    )
+    state: dict[str, Any] = {
+        "commit": _git("rev-parse", "--short", "HEAD") or "unknown",
+        "dirty": status is None or bool(status),
+    }
+    if package_dir() != REPO / "src" / "gmmvae":
+        state.update(dirty=True, gmmvae_path=str(package_dir()))
+    return state
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that can change a result."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """CPU count, torch threads and the accelerator of this process."""
+    import torch
+
+    accelerator = "cpu"
+    if torch.cuda.is_available():
+        accelerator = f"cuda: {torch.cuda.get_device_name(0)}"
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "accelerator": accelerator,
+        "node": platform.node(),
+    }
+
+
+def command_line() -> str:
+    """The command that runs this process, as a user would type it."""
+    return shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+
+
+def provenance(protocol: str, scope: Scope) -> dict[str, Any]:
+    """Every provenance field of a row made now by code of ``scope``."""
+    return {
+        **code_state(),
+        "fingerprint": fingerprint(protocol, scope),
+        "scope": scope,
+        "versions": versions(),
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+    }
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """Hashable key of a row; options compare as canonical JSON."""
+    return tuple(
+        json.dumps(row.get(f), sort_keys=True) if f == "options" else row.get(f) for f in KEY_FIELDS
+    )
+
+
+class Store:
+    """The append-only rows of one protocol: ``results/<protocol>.jsonl``, or under
+    ``results/quick/`` for ``--quick`` smoke runs (git-ignored, never in BENCHMARKS.md)."""
+
+    def __init__(self, protocol: str, *, quick: bool = False) -> None:
+        self.protocol = protocol
+        self.quick = quick
+        self.path = (QUICK_RESULTS if quick else RESULTS) / f"{protocol}.jsonl"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows in the order written; a line cut short by a killed process is skipped."""
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def has(self, key: dict[str, Any], fingerprint: str, *, retry_errors: bool) -> bool:
+        """Whether a row with this key and fingerprint exists (error rows count unless
+        ``retry_errors``)."""
+        wanted = row_key(key)
+        return any(
+            row_key(r) == wanted
+            and r.get("fingerprint") == fingerprint
+            and not (retry_errors and "error" in r)
+            for r in self.rows()
+        )
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it to disk (a killed run keeps every finished row)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def current_rows(
+    rows: list[dict[str, Any]], protocol: str, *, include_stale: bool = False
+) -> list[dict[str, Any]]:
+    """Per key, the newest row whose fingerprint is current for its scope.
+
+    With ``include_stale``, keys that have no current row keep their newest stale row, with
+    ``stale=True``. Rows without a fingerprint (made before provenance) are stale.
+    """
+    current: dict[tuple, dict[str, Any]] = {}
+    stale: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        scope = row.get("scope", "gmmvae")
+        is_current = row.get("fingerprint") == fingerprint(protocol, scope)
+        (current if is_current else stale)[row_key(row)] = row
+    out = [{**r, "stale": False} for r in current.values()]
+    if include_stale:
+        out += [{**r, "stale": True} for k, r in stale.items() if k not in current]
+    return out
