@@ -1,9 +1,10 @@
 """``python -m benchmarks PROTOCOL [options]``: run a protocol's grid, then render its section.
 
-PROTOCOL is one of clustering, semi, query, novelty (run, append rows, render) or summary
-(render the one-screen summary only). ``--quick`` runs a tiny smoke grid (1 seed, a
-stratified subsample of a few hundred cells, 3 epochs) into ``results/quick/`` and renders it
-to ``results/quick/BENCHMARKS.md``, never to BENCHMARKS.md.
+PROTOCOL is one of clustering, semi, query, novelty, perturbation, synthetic, speed (run,
+append rows, render) or summary (render the one-screen summary only); ``speed`` takes a grid,
+``speed throughput|scaling|loader`` (default: all three). ``--quick`` runs a tiny smoke grid
+(1 seed, a stratified subsample of a few hundred cells, 3 epochs) into ``results/quick/`` and
+renders it to ``results/quick/BENCHMARKS.md``, never to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ QUICK_HELD_OUT = ["B"]
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("protocol", choices=[*PROTOCOLS, "summary"])
+    parser.add_argument("grid", nargs="?", help="speed: throughput, scaling or loader")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2; speed 0 (--quick: 0)")
     parser.add_argument("--datasets", nargs="+", help="default: the protocol's datasets")
     parser.add_argument("--methods", nargs="+", help="default: the protocol's methods")
     parser.add_argument("--fractions", type=float, nargs="+", help="semi: label fractions")
     parser.add_argument("--held-out", nargs="+", help="novelty: populations held out in turn")
+    parser.add_argument("--types", nargs="+", help="perturbation: cell types held out in turn")
     parser.add_argument(
         "--cap", type=int, nargs="+", default=[], help="also run trained methods at this epoch cap"
     )
@@ -41,6 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-dirty", action="store_true", help="write rows from a dirty tree")
     parser.add_argument("--retry-errors", action="store_true", help="rerun units that failed")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
+    parser.add_argument("--accelerator", default="cpu", help="speed: Lightning accelerator")
     parser.add_argument("--show-warnings", action="store_true")
     return parser.parse_args(argv)
 
@@ -86,8 +90,9 @@ def run(args: argparse.Namespace) -> None:
     from benchmarks.protocols import Settings, module, run_grid
 
     proto = module(args.protocol)
+    default_seeds = list(getattr(proto, "SEEDS", [0, 1, 2]))  # speed: one seed
     settings = Settings(
-        seeds=args.seeds or (QUICK_SEEDS if args.quick else [0, 1, 2]),
+        seeds=args.seeds or (QUICK_SEEDS if args.quick else default_seeds),
         datasets=args.datasets or list(proto.DATASETS),
         methods=args.methods or list(proto.METHODS),
         epochs=[QUICK_EPOCHS if args.quick else None, *args.cap],
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
         retry_errors=args.retry_errors,
     )
     for what, given, known in (
-        ("methods", settings.methods, proto.METHODS),
+        ("methods", settings.methods, (*proto.METHODS, *getattr(proto, "EXTRA_METHODS", ()))),
         ("datasets", settings.datasets, proto.DATASETS),
     ):
         if set(given) - set(known):
@@ -109,8 +114,20 @@ def run(args: argparse.Namespace) -> None:
         extra["fractions"] = args.fractions or (QUICK_FRACTIONS if args.quick else proto.FRACTIONS)
     if args.protocol == "novelty":
         extra["held_out"] = args.held_out or (QUICK_HELD_OUT if args.quick else proto.HELD_OUT)
+    if args.protocol == "perturbation":
+        extra["types"] = args.types or list(proto.QUICK_TYPES if args.quick else proto.TYPES)
+    if args.protocol == "speed":
+        if args.grid not in (None, *proto.GRIDS):
+            sys.exit(f"unknown speed grid {args.grid!r}; known: {list(proto.GRIDS)}")
+        extra = {"grids": [args.grid] if args.grid else list(proto.GRIDS)}
+        extra["accelerator"] = args.accelerator
+    elif args.grid is not None:
+        sys.exit(f"{args.protocol} takes no grid (got {args.grid!r}); only speed does")
 
     def units():
+        if hasattr(proto, "grid_units"):  # simulated data made by the protocol itself
+            yield from proto.grid_units(settings, **extra)
+            return
         for name in settings.datasets:
             ds = datasets.load(name, args.data_dir, args.quick)
             for seed in settings.seeds:

@@ -23,7 +23,7 @@ from benchmarks import (
     plots,
     store,
 )
-from benchmarks.methods import NAMES
+from benchmarks.methods import NAMES, VARIANT_METHODS
 from benchmarks.protocols import module
 
 LEIDEN_LABELS = "kang"  # the dataset whose labels Leiden on PCA made
@@ -70,6 +70,8 @@ def load(protocol: str, *, quick: bool = False, include_stale: bool = False) -> 
                 "machine": _machine(r.get("machine") or {}),
                 "command": r.get("command", ""),
                 "error": r.get("error"),
+                "options": r.get("options") or {},
+                "extra": r.get("extra") or {},
                 **(r.get("scores") or {}),
             }
         )
@@ -136,7 +138,8 @@ def table(frame: pd.DataFrame, proto) -> str:
             cells += [fmt(*stats(group[m]), digits=_digits(m)) for m in metrics]
             cells += [str(group["seed"].nunique()), fmt(*stats(group["seconds"]), digits=1)]
             cells.append(fmt(*stats(group["epochs"]), digits=0))
-            peer = not group["method"].iloc[0].startswith("gmmvae")
+            method = group["method"].iloc[0]  # variants are compared with the default
+            peer = not method.startswith("gmmvae") or method in VARIANT_METHODS
             verdict = "–"
             if peer and ref[2]:
                 verdict = call(
@@ -229,8 +232,13 @@ def section(protocol: str, *, quick: bool = False, include_stale: bool = False) 
     if frame.empty:
         return "\n".join([*text, f"(no current rows yet: `python -m benchmarks {protocol}`)"])
     frame = _order(frame, proto)
+    if hasattr(proto, "tables"):  # rows that need tables of their own (synthetic, speed)
+        text += [*provenance_lines(frame, quick), "", *proto.tables(frame, quick=quick)]
+        return "\n".join([*text, "", *_failures(frame)]).rstrip()
     text += [f"- `{d}`: {datasets.DESCRIPTIONS[d]}" for d in frame["dataset"].unique()]
     text += ["", *provenance_lines(frame, quick), ""]
+    everything, is_variant = frame, frame["method"].isin(list(VARIANT_METHODS))
+    frame = frame[~is_variant]
     independent = frame[frame["dataset"] != LEIDEN_LABELS]
     leiden = frame[frame["dataset"] == LEIDEN_LABELS]
     if not independent.empty:
@@ -242,12 +250,34 @@ def section(protocol: str, *, quick: bool = False, include_stale: bool = False) 
             table(leiden, proto),
             "",
         ]
-    text += _failures(frame)
+    if is_variant.any():
+        text += _variants(frame, everything[is_variant], proto)
+    text += _failures(everything)
     if not quick and not independent.empty:
         path = plots.bar_chart(independent, proto.HEADLINE, FIGURES / f"{proto.NAME}.png")
         if path is not None:
             text += [f"![{proto.HEADLINE}]({path.relative_to(BENCHMARKS_MD.parent)})"]
     return "\n".join(text).rstrip()
+
+
+def _variants(frame: pd.DataFrame, variants: pd.DataFrame, proto) -> list[str]:
+    """The "gmmvae variants" table: the default gmmvae and its variants, same data and seeds."""
+    rows = _order(pd.concat([frame[frame["method"] == "gmmvae"], variants]), proto)
+    kang = LEIDEN_LABELS in set(rows["dataset"])
+    return [
+        "### gmmvae variants",
+        "",
+        "The same training as gmmvae (its defaults, data, seeds and epoch cap) with "
+        "`variant='shared'` (VaDE-style shared q(z|x), one decoder pass) or "
+        "`variant='dirichlet'` (the seed model of Kolb & Vingron 2022: Dirichlet prior on the "
+        "mixture weights, w-network emitting the components). The last column compares each "
+        "variant with the default (*gmmvae wins*: the default variant is better). Rows with "
+        f"`--methods gmmvae {' '.join(VARIANT_METHODS)}`; not in the summary."
+        + (" Kang rows carry labels from Leiden on PCA." if kang else ""),
+        "",
+        table(rows, proto),
+        "",
+    ]
 
 
 def _failures(frame: pd.DataFrame) -> list[str]:
@@ -302,9 +332,17 @@ def summary(*, quick: bool = False) -> str:
     for protocol in PROTOCOLS:
         proto = module(protocol)
         frame = load(protocol, quick=quick)
+        if hasattr(proto, "summary"):  # a summary table of its own (perturbation)
+            lines, tally = proto.summary(frame)
+            text += lines
+            total.update({k: total.get(k, 0) + v for k, v in tally.items()})
+            continue
         if not frame.empty:
             frame = frame[frame["error"].isna() & frame["default"]]
-        peers = [m for m in proto.METHODS if not m.startswith("gmmvae")]
+            if getattr(proto, "SUMMARY_TASKS", None) is not None:  # synthetic: pooled only
+                frame = frame[frame["task"].isin(proto.SUMMARY_TASKS)]
+        summarised = getattr(proto, "SUMMARY_PEERS", proto.METHODS)  # speed: none
+        peers = [m for m in summarised if not m.startswith("gmmvae")]
         for title, part in _summary_parts(protocol, frame):
             if part.empty:
                 continue
@@ -324,7 +362,7 @@ def _summary_parts(protocol: str, frame: pd.DataFrame):
         return []
     independent = frame[frame["dataset"].isin(datasets.INDEPENDENT_TRUTH)]
     parts = [("", independent)]
-    if protocol == "query":  # Kang's query is a real shift; its labels are Leiden-made
+    if protocol in ("query", "synthetic"):  # condition-dependent; Kang's labels Leiden-made
         parts.append(
             (" — Kang (labels from Leiden on PCA)", frame[frame["dataset"] == LEIDEN_LABELS])
         )
@@ -350,14 +388,17 @@ def skeleton() -> str:
         "python -m benchmarks semi\n"
         "python -m benchmarks query\n"
         "python -m benchmarks novelty\n"
+        "python -m benchmarks perturbation # needs pip install -e '.[bench,bench-scgen]'\n"
+        "python -m benchmarks synthetic    # generation + the augmentation task\n"
+        "python -m benchmarks speed        # or: speed throughput | scaling | loader\n"
+        "python -m benchmarks clustering --methods gmmvae gmmvae_shared gmmvae_dirichlet\n"
         "python -m benchmarks summary      # re-renders the summary only\n"
         "python -m benchmarks clustering --quick   # smoke check, rows in results/quick/\n"
         "```\n\n"
         "Rows are refused from a tree with uncommitted changes in `src/` or `benchmarks/` "
-        "unless `--allow-dirty` is given (the rows then say so). Perturbation, synthetic "
-        "cells, speed, augmentation and variants are still run by their own scripts "
-        "(`python benchmarks/perturbation.py` etc.), which append their sections below when "
-        "rerun; their earlier sections are in the git history of this file.\n\n"
+        "unless `--allow-dirty` is given (the rows then say so). Earlier sections of the old "
+        "scripts (perturbation, synthetic cells, speed, augmentation, variants) are in the git "
+        "history of this file.\n\n"
         f"{blocks}\n"
     )
 

@@ -43,6 +43,8 @@ PACKAGES = (
     "anndata",
     "scikit-learn",
     "lightning",
+    "pertpy",
+    "jax",
 )
 # Benchmark code that can change a result (store.py, report.py and __main__.py cannot).
 BENCH_CODE = ("datasets.py", "methods.py", "protocols/__init__.py")
@@ -51,9 +53,18 @@ PROTOCOL_FILES = {
     "semi": ("protocols/semi_supervised.py",),
     "query": ("protocols/query.py",),
     "novelty": ("protocols/novelty.py",),
+    "perturbation": ("protocols/perturbation.py", "perturbation_methods.py"),
+    "synthetic": ("protocols/synthetic.py", "protocols/augmentation.py"),
+    "speed": ("protocols/speed.py", "protocols/speed_rows.py", "annbatch_worker.py"),
 }
 # gmmvae modules that peer rows also depend on.
-SHARED_MODULES = ("gmmvae.clustering", "gmmvae.metrics", "gmmvae.pp", "gmmvae.datasets")
+SHARED_MODULES = (
+    "gmmvae.clustering",
+    "gmmvae.metrics",
+    "gmmvae.evaluation",  # two-sample tests and markers that score peers' synthetic cells
+    "gmmvae.pp",
+    "gmmvae.datasets",
+)
 
 
 def bench_files(protocol: str) -> list[Path]:

@@ -25,12 +25,15 @@ MODULES = {
     "semi": "semi_supervised",
     "query": "query",
     "novelty": "novelty",
+    "perturbation": "perturbation",
+    "synthetic": "synthetic",
+    "speed": "speed",
 }
 Result = dict[str, Any]  # {"scores": {...}, "seconds": float, "epochs": int, "extra": {...}}
 
 
 def module(protocol: str):
-    """The module of a protocol ("clustering", "semi", "query", "novelty")."""
+    """The module of a protocol (a key of :data:`MODULES`)."""
     if protocol not in MODULES:
         raise ValueError(f"unknown protocol {protocol!r}; known: {list(MODULES)}")
     return importlib.import_module(f"benchmarks.protocols.{MODULES[protocol]}")

@@ -26,6 +26,7 @@ NAME = "semi"
 TITLE = "Semi-supervised annotation (a stratified fraction of labels kept)"
 DATASETS = ("zheng_fine", "zheng_coarse", "cellbench", "pbmc68k_reduced")
 METHODS = ("gmmvae", "scanvi", "logreg", "celltypist")
+EXTRA_METHODS = tuple(methods.VARIANT_METHODS)  # --methods only; the "gmmvae variants" table
 FRACTIONS = (0.01, 0.05, 0.1)
 METRICS = ("accuracy", "macro_f1", "ece")
 HEADLINE = "accuracy"
@@ -39,7 +40,9 @@ DESCRIPTION = (
     "defaults on all cells, then `SCANVI.from_scvi_model(..., unlabeled_category)` trained "
     "with defaults. Logistic regression: PCA(50) of log1p CP10k fitted on all cells, "
     "classifier on the labelled cells (`max_iter=5000`). CellTypist: `celltypist.train` on "
-    "the labelled cells' log1p CP10k (`check_expression=False`), annotating the hidden ones."
+    "the labelled cells' log1p CP10k (`check_expression=False`), annotating the hidden ones. "
+    "gmmvae variants (`--methods gmmvae_shared gmmvae_dirichlet`): the gmmvae row's training "
+    "with `variant='shared'` / `'dirichlet'`."
 )
 
 
@@ -72,11 +75,12 @@ def run(ds, fraction: float, seed: int, method: str, max_epochs, threads: int) -
 
 def predict(ds, masked, hidden, method: str, seed: int, max_epochs, threads: int):
     """(probabilities of the hidden cells, row extras)."""
-    if method == "gmmvae":
+    if method == "gmmvae" or method in methods.VARIANT_METHODS:
         adata = ds.adata.copy()
         adata.obs["masked"] = masked.to_numpy()
+        variant = {"variant": methods.VARIANT_METHODS[method]} if method != "gmmvae" else {}
         model = methods.gmmvae_model(
-            adata, ds, seed=seed, max_epochs=max_epochs, labels_key="masked"
+            adata, ds, seed=seed, max_epochs=max_epochs, labels_key="masked", **variant
         )
         probs = model.predict(model.adata)
         return probs[hidden], methods.gmmvae_extra(model)
@@ -103,6 +107,8 @@ def predict(ds, masked, hidden, method: str, seed: int, max_epochs, threads: int
 def options(ds, method: str, max_epochs) -> dict:
     if method == "gmmvae":
         return methods.gmmvae_options(ds, max_epochs)
+    if method in methods.VARIANT_METHODS:
+        return methods.gmmvae_options(ds, max_epochs, variant=methods.VARIANT_METHODS[method])
     if method == "scanvi":
         return methods.scvi_options(ds, max_epochs)
     if method == "logreg":
@@ -117,7 +123,7 @@ def options(ds, method: str, max_epochs) -> dict:
 def units(ds, seed: int, settings: Settings, fractions=FRACTIONS) -> list[Unit]:
     out = []
     for fraction in fractions:
-        for method in (m for m in METHODS if m in settings.methods):
+        for method in (m for m in (*METHODS, *EXTRA_METHODS) if m in settings.methods):
             for max_epochs in epoch_options(settings, method):
                 fn = partial(run, ds, fraction, seed, method, max_epochs, settings.threads)
                 unit_methods = {method: options(ds, method, max_epochs)}
