@@ -82,6 +82,10 @@ def test_methods_take_data_first_then_keyword_only_options(name):
         assert names[0] == "n_cells"
         assert params[0].kind in POSITIONAL
         n_data = 1
+    elif name == "to_device":
+        # scvi-tools spelling: to_device(device); the model moves itself.
+        assert names == ["device"]
+        n_data = 1
     elif name == "train":
         # scvi-tools spelling: train(max_epochs, *, ...); the data is the model's own.
         assert names[0] == "max_epochs"

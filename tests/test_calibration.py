@@ -114,7 +114,9 @@ def reference_pair():
 def test_train_records_temperature_from_validation_labels(reference_pair):
     models, _ = reference_pair
     params = models[True].train_params
-    assert params["n_calibration_cells"] == 50  # 10 % validation, every cell labelled
+    # 10 % of 500 cells held out, every cell labelled; the split is made per label, so each
+    # label's share is rounded on its own.
+    assert 45 <= params["n_calibration_cells"] <= 55
     assert params["temperature"] > 0
     assert models[False].train_params["temperature"] == 1.0
 

@@ -173,6 +173,7 @@ def test_r2_pearson_is_scgens_and_r2_determination_is_sklearns():
     shifted = 2.0 * real + 1.0
     assert metrics.r2_pearson(real, shifted) == pytest.approx(1.0)
     assert metrics.r2_determination(real, shifted) < 0.0
+    assert np.isnan(metrics.r2_pearson(real, np.ones_like(real)))  # constant: undefined
 
 
 def test_energy_distance():

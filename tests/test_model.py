@@ -152,7 +152,12 @@ def test_history(shared_model):
     history = shared_model.history
     assert {"train_loss", "validation_loss"} <= set(history.columns)
     assert len(history) == shared_model.train_params["epochs_run"] == 60
-    assert np.isfinite(history[["train_loss", "validation_loss"]].to_numpy()).all()
+    assert np.isfinite(history["train_loss"]).all()
+    # Validation runs every validation_interval steps: each epoch shows the latest check.
+    checked = history["step"] >= shared_model.train_params["validation_interval"]
+    assert np.isfinite(history.loc[checked, "validation_loss"]).all()
+    assert history.loc[~checked, "validation_loss"].isna().all()
+    assert list(history["step"]) == sorted(history["step"])
     # Loss per cell falls over training (compare the first and last few epochs).
     assert history["train_loss"].iloc[-5:].mean() < history["train_loss"].iloc[:5].mean()
 
@@ -318,7 +323,7 @@ def test_training_without_validation(small):
 
 def test_dirichlet_variant_trains(small):
     model = _fit(small, max_epochs=3, model={"variant": "dirichlet"})
-    assert model.train_params["mixture_init_epoch"] == -1
+    assert model.train_params["pretrain_steps"] >= 0  # pre-trained and placed like the others
     assert {"train_kl_w", "train_kl_d"} <= set(model.history.columns)
     assert np.isfinite(model.predict(small).to_numpy()).all()
 
@@ -407,11 +412,14 @@ def test_components_per_cell_trains_and_is_saved(small, tmp_path):
     assert GMMVAE.load(tmp_path / "m").config.components_per_cell == 2
 
 
-def test_default_pretraining_takes_most_of_a_short_run(small):
-    # 270 training cells at batch 64: 5 steps per epoch, far fewer than the ~1,000 wanted, so
-    # pre-training takes three quarters of the 8 epochs; the mixture is placed by Leiden.
+def test_a_short_run_fits_every_phase(small):
+    # 270 training cells at batch 64: 5 steps per epoch, 40 in 8 epochs, far fewer than the
+    # schedule's default phases: they shrink so that the run ends under the full ELBO.
     model = _fit(small, max_epochs=8)
-    assert model.train_params["mixture_init_epoch"] == 6
+    params = model.train_params
+    assert params["max_steps"] == params["steps_run"] == 40
+    assert params["pretrain_steps"] == 10 and params["kl_warmup_steps"] == 20
+    assert model.history["kl_weight"].iloc[-1] == 1.0
     assert model.train_params["mixture_placement"] == "leiden"
 
 
@@ -420,3 +428,31 @@ def test_unknown_mixture_placement_is_a_clear_error(small):
     model = GMMVAE(small, n_components=3)
     with pytest.raises(GMMVAEInputError, match="mixture_placement 'spectral'"):
         model.train(2, mixture_placement="spectral", progress_bar=False)
+
+
+def test_model_stays_on_its_training_device_and_moves_on_request(shared_model, clustering_data):
+    import torch
+
+    assert shared_model.device == torch.device("cpu")  # trained with accelerator="auto"
+    expected = shared_model.predict(clustering_data).to_numpy()
+    assert shared_model.to_device("cpu") is shared_model
+    assert all(p.device.type == "cpu" for p in shared_model.module.parameters())
+    np.testing.assert_allclose(shared_model.predict(clustering_data).to_numpy(), expected)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_gpu_training_keeps_inference_on_the_gpu():
+    import torch
+
+    adata = simulate(300, 100, 3, n_conditions=2, seed=0)
+    GMMVAE.setup_anndata(adata, labels_key="cell_type", condition_key="condition")
+    model = GMMVAE(adata, seed=0).train(3, accelerator="gpu", devices=1, progress_bar=False)
+    assert model.device.type == "cuda"
+    on_gpu = model.predict(adata).to_numpy()
+    model.generate(10)
+    control = adata[adata.obs["condition"] == "control"].copy()
+    for method in ("transfer", "latent_shift", "decoder"):  # one device throughout
+        model.predict_perturbation(control, method=method, n_mc=2)
+    cpu = model.to_device("cpu").predict(adata).to_numpy()
+    assert model.device == torch.device("cpu")
+    np.testing.assert_allclose(cpu, on_gpu, atol=1e-4)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -80,9 +79,7 @@ def trained_weights(case: str) -> dict[str, tuple[float, float]]:
     else:
         gmmvae.GMMVAE.setup_anndata(adata)
         model = gmmvae.GMMVAE(adata, n_components=3, variant=variant, seed=0)
-    model.train(
-        4, seed=0, batch_size=64, progress_bar=False, mixture_init_epoch=2, accelerator="cpu"
-    )
+    model.train(4, seed=0, batch_size=64, progress_bar=False, pretrain_steps=6, accelerator="cpu")
     return {
         k: (float(v.double().sum()), float(v.double().abs().sum()))
         for k, v in model.module.state_dict().items()
@@ -94,5 +91,11 @@ def test_trained_weights_are_pinned(case):
     expected = REFERENCE["trained"][case]
     got = trained_weights(case)
     assert set(got) == set(expected)
+    # BLAS results move in the last bits with memory alignment (the first fit in a process
+    # differs from later ones by ~1e-7 per weight), and a few steps amplify that: each sum is
+    # compared relative to the size of its weights (sum of |w|), not to itself, since a sum
+    # of weights can cancel to near zero.
     for name, (total, absolute) in expected.items():
-        np.testing.assert_allclose(got[name], (total, absolute), rtol=1e-4, atol=1e-4, err_msg=name)
+        got_total, got_absolute = got[name]
+        assert got_absolute == pytest.approx(absolute, rel=1e-4, abs=1e-4), name
+        assert abs(got_total - total) <= 1e-4 * (absolute + 1.0), name

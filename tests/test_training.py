@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from gmmvae.module import LossOutput, ModuleConfig
-from gmmvae.schedule import default_max_epochs
 from gmmvae.training import TrainingPlan, kl_warmup_weight
 from gmmvae.variants import build_module
 
 
 @pytest.mark.parametrize(
-    ("epoch", "n_warmup", "expected"),
+    ("step", "n_warmup", "expected"),
     [
         (0, 10, 0.0),
         (5, 10, 0.5),
@@ -25,8 +24,8 @@ from gmmvae.variants import build_module
         (7, None, 1.0),
     ],
 )
-def test_kl_warmup_weight(epoch, n_warmup, expected):
-    assert kl_warmup_weight(epoch, n_warmup) == pytest.approx(expected)
+def test_kl_warmup_weight(step, n_warmup, expected):
+    assert kl_warmup_weight(step, n_warmup) == pytest.approx(expected)
 
 
 def test_kl_warmup_weight_is_monotone():
@@ -36,18 +35,10 @@ def test_kl_warmup_weight_is_monotone():
     assert weights[-1] == 1.0
 
 
-@pytest.mark.parametrize(
-    ("n_cells", "expected"),
-    [(0, 400), (1, 400), (500, 400), (20_000, 400), (40_000, 200), (100_000, 80), (10**7, 10)],
-)
-def test_default_max_epochs(n_cells, expected):
-    assert default_max_epochs(n_cells) == expected
-
-
 def _plan():
     torch.manual_seed(0)
     config = ModuleConfig(n_genes=10, n_components=2, n_latent=2, n_hidden=8)
-    return TrainingPlan(build_module(config), lr=1e-2, n_epochs_kl_warmup=4)
+    return TrainingPlan(build_module(config), lr=1e-2, kl_warmup_steps=4)
 
 
 def test_training_plan_optimiser_covers_trainable_parameters():
@@ -89,7 +80,7 @@ adata = gmmvae.datasets.simulate(400, 60, 3, seed=0, marker_log_fold=2.5)
 gmmvae.GMMVAE.setup_anndata(adata)
 model = gmmvae.GMMVAE(adata, n_components=3, seed=0)
 model.train(
-    16, seed=0, batch_size=64, progress_bar=False, mixture_init_epoch=4,
+    16, seed=0, batch_size=64, progress_bar=False, pretrain_steps=20,
     checkpoint_dir=checkpoint_dir if mode != "plain" else None, checkpoint_every=1,
     resume=mode == "resume", callbacks=[KillMidEpoch()] if mode == "kill" else [],
 )
@@ -199,3 +190,18 @@ def test_training_prints_only_what_was_asked_for(small, capfd, monkeypatch):
     for text in ("GPU available", "TPU available", "Tip", "LeafSpec", "max_epochs"):
         assert text not in out + err, text
     assert logging.getLogger("lightning.pytorch").level == logging.INFO  # restored
+
+
+def test_early_stopping_keeps_the_best_validation_weights(small):
+    """The weights kept are those of the best validation ELBO since the placement."""
+    import gmmvae
+
+    gmmvae.GMMVAE.setup_anndata(small)
+    model = gmmvae.GMMVAE(small, n_components=3, seed=0)
+    model.train(60, progress_bar=False, batch_size=64, seed=0)
+    params, history = model.train_params, model.history
+    assert params["pretrain_steps"] <= params["best_step"] <= params["steps_run"]
+    since = history[history["step"] >= params["pretrain_steps"]]["validation_neg_elbo"]
+    at_best = history.loc[history["step"] >= params["best_step"], "validation_neg_elbo"].iloc[0]
+    assert at_best == pytest.approx(since.min())
+    assert set(history["phase"]) == {"pretraining", "mixture"}

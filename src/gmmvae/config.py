@@ -31,9 +31,10 @@ def n_components_for(labels: list[str], n_components: int | None, n_free: int) -
 def resolve_components_per_cell(
     value: int | Literal["auto"] | None, has_labels: bool
 ) -> int | None:
-    """``"auto"``: 2 without labels, every component with labels; else checked as given."""
+    """``"auto"``: 2 components per cell without labels, 3 with labels (the top one plus two
+    drawn, whose leave-one-out baseline steadies q(y|x)'s gradient); else checked as given."""
     if value == "auto":
-        return None if has_labels else 2
+        return 3 if has_labels else 2
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
         raise GMMVAEInputError(
             f"components_per_cell={value!r} must be an integer of at least 2 (the most likely "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback
 
 from gmmvae.clustering import leiden_with_k
 from gmmvae.data import CellData
@@ -104,18 +104,18 @@ def nearest_component(
 
 
 def fit_assignment_head(
-    head: torch.nn.Linear, features: np.ndarray, targets: np.ndarray, seed: int, steps: int = 200
+    head: torch.nn.Module, features: np.ndarray, targets: np.ndarray, seed: int, steps: int = 200
 ) -> None:
-    """Fit q(y|x)'s linear head to component assignments, keeping the encoder fixed.
+    """Fit q(y|x)'s head to component assignments, keeping the encoder fixed.
 
-    Needed by the ``"exact"`` variant: a head still random when the components are placed
-    favours one component, which then widens and takes every cell.
+    A head still random when the components are placed favours one component, which then
+    widens and takes every cell.
     """
     rng = np.random.default_rng(seed)
     if len(features) > _MAX_HEAD_CELLS:
         keep = rng.choice(len(features), _MAX_HEAD_CELLS, replace=False)
         features, targets = features[keep], targets[keep]
-    device = head.weight.device
+    device = next(head.parameters()).device
     x = torch.as_tensor(features, device=device)
     y = torch.as_tensor(targets, dtype=torch.long, device=device)
     optimiser = torch.optim.Adam(head.parameters(), lr=0.05)
@@ -130,38 +130,41 @@ def fit_assignment_head(
 class MixtureInitialisation(Callback):
     """Place p(z|y) on the cells' latent positions once the encoder means something.
 
-    Before epoch ``at_epoch`` the model trains as a plain VAE (``pretraining``). At its start
+    Before optimiser step ``at_step`` the model trains as a plain VAE (``pretraining``). Then
     the cells of ``cells`` are encoded and partitioned (:func:`initial_mixture`: Leiden on
     their kNN graph by default, k-means on request), each component takes its group's mean and
-    variance, a variant with a q(y|x) head on the encoder features has it fitted to the
-    groups when there are no labels, and early stopping restarts because the loss changes
-    meaning. Random component means otherwise let one component take every cell.
+    variance, and a variant with an assignment head has it fitted to the groups when there are
+    no labels (:func:`place_mixture`). Random component means otherwise let one component
+    take every cell.
     """
 
     def __init__(
         self,
         cells: CellData,
-        at_epoch: int,
+        at_step: int,
         seed: int = 0,
         method: MixturePlacement = DEFAULT_PLACEMENT,
     ) -> None:
         self.cells = cells
         self.method = method
-        self.at_epoch = at_epoch
+        self.at_step = at_step
         self.seed = seed
+        self.placed = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # current_epoch is past 0 when resuming from a checkpoint.
-        pl_module.pretraining = trainer.current_epoch < self.at_epoch
+        # global_step is past 0 when resuming; past at_step the checkpoint holds the placement.
+        self.placed = trainer.global_step > self.at_step
+        pl_module.pretraining = not self.placed
+        self._maybe_place(trainer, pl_module)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch != self.at_epoch:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe_place(trainer, pl_module)
+
+    def _maybe_place(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.placed or trainer.global_step < self.at_step:
             return
+        self.placed = True
         pl_module.pretraining = False
-        for callback in trainer.callbacks:
-            if isinstance(callback, EarlyStopping):
-                callback.wait_count = 0
-                callback.best_score = torch.tensor(float("inf"))
         place_mixture(pl_module.module, self.cells, self.seed, self.method, trainer.strategy)
 
 
@@ -173,22 +176,24 @@ def place_mixture(
     Under data parallelism every rank computes the same placement; rank 0's is broadcast so
     that they agree to the bit (k-means ties, thread counts).
     """
-    encoded = encode(module, cells, ("latent", "latent_var", "features", "label"))
+    fields = {"latent", "latent_var", "label", module.assignment_input}
+    encoded = encode(module, cells, fields)
     K = module.config.n_components
     means, logvars, assignment = initial_mixture(
         encoded["latent"], encoded["label"], K, seed, method, encoded["latent_var"]
     )
     if strategy is not None:
         means, logvars = strategy.broadcast((means, logvars), src=0)
-    with torch.no_grad():
-        module.prior_mean.copy_(torch.from_numpy(means))
-        module.prior_logvar.copy_(torch.from_numpy(logvars))
+    device = module.prior_mean.device
+    module.place_components(
+        torch.from_numpy(means).to(device), torch.from_numpy(logvars).to(device)
+    )
     # With labels the head has learnt from them during pre-training; refitting it to
     # nearest components would hand the free components whole labelled types.
     head = module.assignment_head
     if head is None or module.config.n_labels:
         return
-    fit_assignment_head(head, encoded["features"], assignment, seed)
+    fit_assignment_head(head, encoded[module.assignment_input], assignment, seed)
     if strategy is not None:
         state = {k: v.cpu() for k, v in head.state_dict().items()}
         head.load_state_dict(strategy.broadcast(state, src=0))

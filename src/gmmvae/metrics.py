@@ -137,10 +137,14 @@ def moment_correlations(real: np.ndarray, synthetic: np.ndarray) -> dict[str, fl
 
 # ------------------------------------------------------------------ treatment-effect prediction
 def r2_pearson(real: Sequence[float], predicted: Sequence[float]) -> float:
-    """scGen's "R²": the squared Pearson correlation (``linregress(...).rvalue ** 2``)."""
+    """scGen's "R²": the squared Pearson correlation (``linregress(...).rvalue ** 2``); NaN
+    when either side is constant (no correlation is defined)."""
     from scipy.stats import linregress
 
-    return float(linregress(np.asarray(real, float), np.asarray(predicted, float)).rvalue ** 2)
+    real, predicted = np.asarray(real, float), np.asarray(predicted, float)
+    if np.ptp(real) == 0 or np.ptp(predicted) == 0:
+        return float("nan")
+    return float(linregress(real, predicted).rvalue ** 2)
 
 
 def r2_determination(real: Sequence[float], predicted: Sequence[float]) -> float:

@@ -9,6 +9,7 @@ only the small interface in the "interface" section below). No tensor maths here
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from gmmvae import generation, perturbation, registry, schedule
+from gmmvae import analysis, collapse, de, generation, perturbation, pp, registry, schedule
 from gmmvae._seed import seeded_rng
 from gmmvae.calibration import apply_temperature, fit_temperature
 from gmmvae.config import build_config, component_names
@@ -82,10 +83,10 @@ class GMMVAE:
         Dirichlet concentration and w-latent size of the ``"dirichlet"`` variant.
     components_per_cell
         ``"exact"`` variant only: decode this many components per cell in each training step
-        (the k - 1 most likely under q(y|x) plus one drawn from the rest) instead of all K.
-        Steps cost about k / K of the full sum; ``None`` decodes all components. ``"auto"``
-        (default): 2 without labels, all components with labels (README, "Components decoded
-        per cell").
+        (the most likely under q(y|x) plus ``k - 1`` drawn from the rest, with an unbiased
+        score-function gradient; :meth:`~gmmvae.variants.ExactModule.sampled_reconstruction`)
+        instead of all K. Steps cost about k / K of the full sum; ``None`` decodes all
+        components. ``"auto"`` (default): 2 without labels, 3 with labels.
     seed
         Seed of the weight initialisation.
     """
@@ -110,6 +111,7 @@ class GMMVAE:
         seed: int = 0,
     ) -> None:
         check_choice("likelihood", likelihood, LIKELIHOODS)
+        pp.warn_many_genes(adata.n_vars)
         reg = dict(registry.get_registry(adata))
         matrix = get_matrix(adata, reg["layer"])
         check_values(matrix, counts=likelihood != "gaussian", where=describe_matrix(reg["layer"]))
@@ -187,7 +189,7 @@ class GMMVAE:
         condition code (an int or (n,) codes) and batch codes, on the model's device."""
         device = module_device(self.module)
         n = len(z)
-        condition = np.broadcast_to(np.asarray(condition), (n,))
+        condition = np.full(n, condition) if np.ndim(condition) == 0 else np.asarray(condition)
         self.module.eval()
         return self.module.generative(
             torch.as_tensor(z, dtype=torch.float32, device=device),
@@ -213,16 +215,16 @@ class GMMVAE:
         self,
         max_epochs: int | None = None,
         *,
+        max_steps: int | None = None,
         batch_size: int = 256,
         seed: int = 0,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
         train_size: float = 0.9,
         lr: float = 1e-3,
-        n_epochs_kl_warmup: int | None = None,
+        pretrain_steps: int | None = None,
+        kl_warmup_steps: int | None = None,
         early_stopping: bool = True,
-        early_stopping_patience: int = 30,
-        mixture_init_epoch: int | None = None,
         mixture_placement: MixturePlacement = DEFAULT_PLACEMENT,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
@@ -233,74 +235,94 @@ class GMMVAE:
     ) -> GMMVAE:
         """Fit the model to the AnnData it was built on.
 
+        The schedule is counted in optimiser steps (README, "Training schedule";
+        :func:`gmmvae.schedule.plan_schedule`): plain-VAE pre-training, placement of the
+        components on the latent, KL warm-up, then the full ELBO until the validation ELBO
+        stops improving. Every phase fits inside the run, however short ``max_epochs`` is.
+
         Parameters
         ----------
         max_epochs
-            Passes over the data; default ``min(400, 20000 / n_cells * 400)`` as scvi-tools.
+            Upper bound on the passes over the training cells; default: the schedule's own
+            budget (the larger of scvi-tools' epoch heuristic and the phases' minimum).
+        max_steps
+            Upper bound on the optimiser steps (with ``max_epochs``, the smaller bound wins).
         batch_size
             Minibatch size; capped at the number of training cells.
         seed
             Seed of the split, the shuffling and the sampling (local to this call).
         accelerator, devices
-            Passed to :class:`lightning.pytorch.Trainer`.
+            Passed to :class:`lightning.pytorch.Trainer`; the model stays on the device it
+            trained on (:attr:`device`, :meth:`to_device`).
         train_size
             Fraction of cells used for training; the rest is the validation set whose ELBO drives
-            early stopping. 1.0 disables validation.
+            early stopping (labelled cells are split per label, and every label keeps at least
+            one labelled training cell). 1.0 disables validation.
         lr
             Adam learning rate.
-        n_epochs_kl_warmup
-            Epochs over which the KL weight rises from 0 to 1; default twice the pre-training
-            epochs (at least 10); 0 disables the warm-up.
-        early_stopping, early_stopping_patience
-            Stop when the validation loss has not improved for that many epochs.
-        mixture_init_epoch
-            Epochs of plain-VAE pre-training (N(0, I) prior) after which the components are
-            placed on clusters of the latent (``mixture_placement``). Default: about 1,000
-            optimiser steps, at most three quarters of ``max_epochs``; -1 disables (components
-            start at random and may collapse). Not used by the ``"dirichlet"`` variant, whose
-            w-network places them.
+        pretrain_steps
+            Optimiser steps of plain-VAE pre-training (N(0, I) prior) before the components are
+            placed on clusters of the latent (``mixture_placement``); default 1,000, at most a
+            quarter of a capped run.
+        kl_warmup_steps
+            Steps over which the KL weight rises from 0 to 1, counted from the first step;
+            default twice the pre-training, at most half the run; 0 disables the warm-up.
+        early_stopping
+            Stop when the validation ELBO has not improved for 1,000 steps, counted from the
+            end of the warm-up.
         mixture_placement
             How the pre-trained latent is split into the K starting components: ``"leiden"``
             (default; Leiden on the cells' kNN graph, resolution chosen to give K clusters, as
             ``sc.tl.leiden`` users would) or ``"kmeans"`` (VaDE's choice; it favours round
             clusters of similar size and splits large cell types).
         checkpoint_dir, checkpoint_every
-            Save the full training state (weights, optimiser, epoch, RNG) atomically to
+            Save the full training state (weights, optimiser, step, RNG) atomically to
             ``checkpoint_dir/checkpoint.ckpt`` every ``checkpoint_every`` epochs.
         resume
             Continue from the checkpoint in ``checkpoint_dir`` (after a crash or a kill). With
             the same data, options and seed, the result equals an uninterrupted run on CPU up
             to float rounding.
         progress_bar
-            Show one progress bar over epochs.
+            Show one progress bar over optimiser steps.
         calibrate
             Fit a temperature for q(y|x) on the labelled cells of the validation split
-            (:mod:`gmmvae.calibration`; needs at least 30 of them, else T = 1) and apply it in
-            :meth:`predict`. Predicted labels are unchanged; only the confidences move.
+            (:mod:`gmmvae.calibration`) and apply it in :meth:`predict`. Predicted labels are
+            unchanged; only the confidences move.
         **trainer_kwargs
             Any other :class:`lightning.pytorch.Trainer` option (e.g. ``strategy``).
 
         Returns
         -------
-        The model itself, trained; per-epoch losses are in :attr:`history`.
+        The model itself, trained; per-epoch losses are in :attr:`history`, the schedule and
+        options in :attr:`train_params`.
         """
+        from gmmvae.training import world_size
+
         adata = self._resolve(None)
-        schedule.check_train_options(batch_size, max_epochs, mixture_placement, train_size)
+        schedule.check_train_options(
+            batch_size, max_epochs, max_steps, mixture_placement, train_size
+        )
         data = self._cells(adata, labels=True)
         rng = np.random.default_rng(seed)
         keep = schedule.nonempty_cells(get_matrix(adata, self.registry["layer"]), adata.n_obs)
-        split = schedule.split_cells(keep, adata.n_obs, train_size, self.config.n_components, rng)
+        split = schedule.split_cells(
+            keep, data.labels.numpy(), train_size, self.config.n_components, rng
+        )
         batch_size = min(batch_size, len(split.train))
         loaders = schedule.make_loaders(data, split, batch_size, seed)
         plan = schedule.plan_schedule(
             n_train_cells=len(split.train),
-            steps_per_epoch=len(loaders[0]),
-            max_epochs=max_epochs,
+            # Each data-parallel rank runs its share of an epoch's batches.
+            steps_per_epoch=math.ceil(
+                len(loaders[0]) / world_size(accelerator, devices, **trainer_kwargs)
+            ),
             places_mixture=self.module.places_mixture,
-            mixture_init_epoch=mixture_init_epoch,
-            n_epochs_kl_warmup=n_epochs_kl_warmup,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            pretrain_steps=pretrain_steps,
+            warmup_steps=kl_warmup_steps,
         )
-        history = schedule.fit_module(
+        fitted = schedule.fit_module(
             self.module,
             data,
             split,
@@ -310,32 +332,46 @@ class GMMVAE:
             lr=lr,
             placement=mixture_placement,
             rng=rng,
+            label_weights=loaders[0].sampler.cell_weights,
             accelerator=accelerator,
             devices=devices,
             early_stopping=early_stopping,
-            early_stopping_patience=early_stopping_patience,
             progress_bar=progress_bar,
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             resume=resume,
             **trainer_kwargs,
         )
+        self.to_device(fitted.device)  # Lightning's teardown moves the module back to the CPU
+        history = fitted.history
         self.history = pd.DataFrame(history).set_index("epoch") if history else pd.DataFrame()
         self.is_trained = True
         self.generation_summary = generation.training_summary(self, data.subset(split.train))
+        steps = int(history[-1]["step"]) if history else 0
         self.train_params = {
-            "max_epochs": plan.max_epochs,
+            **schedule.describe(plan),
+            "steps_run": steps,
+            "best_step": fitted.best_step,
             "epochs_run": len(history),
             "batch_size": batch_size,
             "seed": seed,
             "train_size": train_size,
             "lr": lr,
-            "n_epochs_kl_warmup": plan.warmup_epochs,
             "n_train_cells": len(split.train),
-            "mixture_init_epoch": plan.pretrain_epochs,
             "mixture_placement": mixture_placement,
             **self._calibrate(data.subset(split.validation), enabled=calibrate),
         }
+        collapse.check_components(self, data.subset(split.train))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device the module's weights are on (where predictions run)."""
+        return module_device(self.module)
+
+    def to_device(self, device: str | torch.device) -> GMMVAE:
+        """Move the module to ``device`` (e.g. ``"cpu"``, ``"cuda:0"``); returns the model."""
+        self.module.to(torch.device(device))
         return self
 
     def _calibrate(self, held_out: CellData, *, enabled: bool) -> dict[str, Any]:
@@ -436,6 +472,9 @@ class GMMVAE:
     # The signatures and docstrings live with the code that does the work.
     generate = generation.generate
     predict_perturbation = perturbation.predict_perturbation
+    get_normalized_expression = analysis.get_normalized_expression
+    posterior_predictive_sample = analysis.posterior_predictive_sample
+    differential_expression = de.differential_expression
 
     # -------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmmvae.distributions import summed_log_likelihood
+from gmmvae.distributions import kl_normal_normal, summed_log_likelihood
 from gmmvae.nn import CovariateMLP, one_hot_covariates
 from gmmvae.options import Likelihood, Variant
 
@@ -153,10 +153,20 @@ class GMMVAEModule(nn.Module):
         """Deterministic summaries for prediction (see :meth:`summarise`)."""
         return self.summarise(self.inference(x, condition))
 
+    #: What :attr:`assignment_head` reads: an :func:`gmmvae.inference.encode` field.
+    assignment_input = "features"
+
     @property
-    def assignment_head(self) -> nn.Linear | None:
-        """The linear head of q(y|x) on the encoder features, if the variant has one."""
+    def assignment_head(self) -> nn.Module | None:
+        """The network giving q(y|x)'s logits from :attr:`assignment_input`, if the variant
+        has one (fitted to the placed groups at placement when there are no labels)."""
         return None
+
+    def place_components(self, means: torch.Tensor, logvars: torch.Tensor) -> None:
+        """Set p(z|y) to the given means and log-variances (K, d) (at placement)."""
+        with torch.no_grad():
+            self.prior_mean.copy_(means)
+            self.prior_logvar.copy_(logvars)
 
     # ------------------------------------------------------------------------------- prior
     def log_mixture_weights(self) -> torch.Tensor:
@@ -231,13 +241,30 @@ class GMMVAEModule(nn.Module):
         ce = F.cross_entropy(y_logits, labels.clamp(min=0), reduction="none") * labelled
         terms["classification"] = ce
         n_labelled = labelled.sum().clamp(min=1)
-        loss = -terms["elbo"].mean() + self.config.classification_weight * ce.sum() / n_labelled
+        # Per-cell weights (the sampler's correction for oversampled labelled cells) keep the
+        # minibatch mean an unbiased estimate of the mean ELBO over all cells.
+        elbo = terms["elbo"] * batch["weight"] if "weight" in batch else terms["elbo"]
+        loss = -elbo.mean() + self.config.classification_weight * ce.sum() / n_labelled
         return LossOutput(loss=loss, terms=terms)
 
     def pretrain_terms(
         self, mb: Minibatch, q: Terms, kl_weight: float
     ) -> tuple[Terms, torch.Tensor]:
-        """ELBO terms of the plain-VAE phase (N(0, I) prior) and the q(y|x) logits."""
+        """ELBO terms of the plain-VAE phase (N(0, I) prior) and the q(y|x) logits.
+
+        This default is for variants with one q(z|x); they give the logits with
+        :meth:`pretrain_logits`.
+        """
+        z = reparameterise(q["z_mean"], q["z_logvar"])  # (B, d)
+        rec = self.reconstruction(z, mb)
+        zeros = torch.zeros_like(q["z_mean"])
+        kl = kl_normal_normal(q["z_mean"], q["z_logvar"], zeros, zeros)
+        elbo = rec - kl_weight * kl
+        terms = {"elbo": elbo, "reconstruction": rec, "kl_z": kl, "kl_y": torch.zeros_like(kl)}
+        return terms, self.pretrain_logits(q, z)
+
+    def pretrain_logits(self, q: Terms, z: torch.Tensor) -> torch.Tensor:
+        """q(y|x)'s logits during pre-training (for the classification term on labels)."""
         raise NotImplementedError
 
     def mixture_terms(

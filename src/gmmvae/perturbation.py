@@ -18,7 +18,7 @@ and decoded under the ``target`` condition in one of three ways (``method=``):
 
 Donor types are weighted by latent similarity (``weighting="similarity"``) or equally
 (``"uniform"``, scGen's cell-type-balanced mean). Which wins on a held-out type is measured
-in ``benchmarks/perturbation.py``. Everything is vectorised over cells; the Python loops run
+by ``python -m benchmarks perturbation``. Everything is vectorised over cells; the Python loops run
 over minibatches, draws and the (few) donor types.
 """
 

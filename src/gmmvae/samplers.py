@@ -41,6 +41,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         """Batches per epoch over all ranks."""
         raise NotImplementedError
 
+    @property
+    def cell_weights(self) -> tuple[float, float]:
+        """ELBO weights (labelled, unlabelled cells) that make a batch's mean ELBO an unbiased
+        estimate of the mean over all cells; (1, 1) when cells are drawn uniformly."""
+        return (1.0, 1.0)
+
     def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         """The epoch's batches (index arrays), before splitting across ranks."""
         raise NotImplementedError
@@ -91,6 +97,16 @@ class MixedBatchSampler(EpochBatchSampler):
     @property
     def n_batches(self) -> int:
         return self._n_batches
+
+    @property
+    def cell_weights(self) -> tuple[float, float]:
+        """Labelled cells are a share ``f`` of the cells but ``f_b`` of every batch: weights
+        ``f / f_b`` and ``(1 - f) / (1 - f_b)`` undo the oversampling."""
+        if not self.mixed:
+            return (1.0, 1.0)
+        share = len(self.labelled) / (len(self.labelled) + len(self.unlabelled))
+        in_batch = self.n_labelled_per_batch / self.batch_size
+        return (share / in_batch, (1.0 - share) / (1.0 - in_batch))
 
     def epoch_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         order = rng.permutation if self.shuffle else np.asarray

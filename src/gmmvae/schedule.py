@@ -19,20 +19,40 @@ from gmmvae.options import PLACEMENTS, check_choice
 from gmmvae.validation import row_sums
 
 PRETRAIN_STEPS = 1000  # plain-VAE optimiser steps before the mixture is placed
+WARMUP_PER_PRETRAIN = 2  # the KL weight reaches 1 at this multiple of the pre-training steps
+MIXTURE_STEPS = 1000  # budget under the full mixture ELBO, beside the patience
+PATIENCE_STEPS = 1000  # steps without a better validation ELBO before early stopping
+MAX_VALIDATION_INTERVAL = 250  # steps between validation checks, at most
 PLACEMENT_CELLS = 50_000  # cells encoded to place the mixture components
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """When each phase of a run happens, in epochs."""
+    """When each phase of a run happens, in optimiser steps.
 
-    max_epochs: int
-    pretrain_epochs: int  # epochs before placement; -1: no placement (components as they are)
-    warmup_epochs: int  # epochs over which the KL weight rises from 0 to 1 (0: none)
+    ``pretrain_steps`` of plain-VAE training (N(0, I) prior), then the components are placed
+    (-1: never); the KL weight rises linearly from 0 at step 0 to 1 at ``warmup_steps``;
+    validation (always at full KL) runs every ``validation_interval`` steps; once the KL weight
+    is 1, early stopping ends the run after ``patience`` checks without a better validation
+    ELBO, and the weights kept are those of the best validation ELBO since the placement; the
+    run ends at ``total_steps`` at the latest.
+    """
+
+    total_steps: int
+    pretrain_steps: int
+    warmup_steps: int
+    validation_interval: int
+    patience: int
+    steps_per_epoch: int
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the training cells that ``total_steps`` amounts to (rounded up)."""
+        return math.ceil(self.total_steps / max(self.steps_per_epoch, 1))
 
 
 def default_max_epochs(n_cells: int) -> int:
-    """Fewer passes over larger data, as scvi-tools does: 400 up to 20k cells, then ~ 1/n."""
+    """scvi-tools' epoch heuristic: 400 up to 20k cells, then ~ 1/n (at least 10)."""
     return int(max(min(round(20_000 / max(n_cells, 1) * 400), 400), 10))
 
 
@@ -40,27 +60,70 @@ def plan_schedule(
     *,
     n_train_cells: int,
     steps_per_epoch: int,
-    max_epochs: int | None,
     places_mixture: bool,
-    mixture_init_epoch: int | None,
-    n_epochs_kl_warmup: int | None,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    pretrain_steps: int | None = None,
+    warmup_steps: int | None = None,
 ) -> Schedule:
     """The schedule of a run from the data size and the user's overrides (``None``: default).
 
-    Pre-training lasts about :data:`PRETRAIN_STEPS` optimiser steps, at most three quarters of
-    the epochs (short runs on small data give it most of their few steps): the latent must
-    separate cell types before they are clustered. The KL warm-up lasts twice the pre-training
-    (at least 10 epochs).
+    Defaults: :data:`PRETRAIN_STEPS` of pre-training, the KL weight at 1 after
+    :data:`WARMUP_PER_PRETRAIN` times that, then a budget of at least :data:`MIXTURE_STEPS`
+    plus :data:`PATIENCE_STEPS` under the full mixture ELBO, during which early stopping
+    (patience :data:`PATIENCE_STEPS`) may end the run. The budget
+    is the larger of that minimum and scvi-tools' epoch heuristic (``default_max_epochs``), so
+    small data get enough steps and large data a few passes. ``max_epochs`` (passes over
+    the training cells) and ``max_steps`` cap the budget;
+    a run too short for the default phases shrinks them in proportion (pre-training at most a
+    quarter of the steps, warm-up at most half), so that every run it starts ends with the
+    full ELBO optimised.
     """
-    max_epochs = default_max_epochs(n_train_cells) if max_epochs is None else max_epochs
-    if not places_mixture:
-        mixture_init_epoch = -1
-    elif mixture_init_epoch is None:
-        pretrain = math.ceil(PRETRAIN_STEPS / max(steps_per_epoch, 1))
-        mixture_init_epoch = min(pretrain, (3 * max_epochs) // 4)
-    if n_epochs_kl_warmup is None:
-        n_epochs_kl_warmup = max(2 * mixture_init_epoch, 10)
-    return Schedule(max_epochs, mixture_init_epoch, n_epochs_kl_warmup)
+    spe = max(steps_per_epoch, 1)
+    pretrain = PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
+    if warmup_steps is None:
+        warmup_steps = WARMUP_PER_PRETRAIN * max(pretrain, 0)
+    pretrain = pretrain if places_mixture else -1
+    warmup = warmup_steps
+    minimum = max(warmup, pretrain, 0) + MIXTURE_STEPS + PATIENCE_STEPS
+    total = max(default_max_epochs(n_train_cells) * spe, minimum)
+    if max_epochs is not None or max_steps is not None:
+        total = min(total, max_epochs * spe if max_epochs else total, max_steps or total)
+        if pretrain_steps is None and pretrain > total // 4:
+            pretrain = total // 4
+        warmup = min(warmup, total // 2)
+    if pretrain >= total:
+        raise GMMVAEInputError(
+            f"pretrain_steps={pretrain} leaves no step for the mixture in a run of {total} "
+            f"steps ({spe} per epoch); pass fewer pretrain_steps or more max_epochs."
+        )
+    interval = int(min(max(spe, 25), MAX_VALIDATION_INTERVAL, max(total // 20, 1)))
+    patience = max(math.ceil(PATIENCE_STEPS / interval), 3)
+    return Schedule(total, pretrain, warmup, interval, patience, spe)
+
+
+def describe(plan: Schedule) -> dict[str, int]:
+    """The schedule as ``train_params`` records it."""
+    return {
+        "max_steps": plan.total_steps,
+        "max_epochs": plan.epochs,
+        "pretrain_steps": plan.pretrain_steps,
+        "kl_warmup_steps": plan.warmup_steps,
+        "validation_interval": plan.validation_interval,
+        "early_stopping_patience": plan.patience,
+    }
+
+
+def check_train_options(batch_size, max_epochs, max_steps, placement, train_size) -> None:
+    """Errors that name the bad option of :meth:`gmmvae.GMMVAE.train`."""
+    if batch_size < 1:
+        raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
+    for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise GMMVAEInputError(f"{name} must be >= 1 (or None), got {value}.")
+    check_choice("mixture_placement", placement, PLACEMENTS)
+    if not 0.0 < train_size <= 1.0:
+        raise GMMVAEInputError(f"train_size must be in (0, 1], got {train_size}.")
 
 
 @dataclass(frozen=True)
@@ -69,17 +132,6 @@ class CellSplit:
 
     train: np.ndarray
     validation: np.ndarray
-
-
-def check_train_options(batch_size, max_epochs, placement, train_size) -> None:
-    """Errors that name the bad option of :meth:`gmmvae.GMMVAE.train`."""
-    if batch_size < 1:
-        raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
-    if max_epochs is not None and max_epochs < 1:
-        raise GMMVAEInputError(f"max_epochs must be >= 1 (or None), got {max_epochs}.")
-    check_choice("mixture_placement", placement, PLACEMENTS)
-    if not 0.0 < train_size <= 1.0:
-        raise GMMVAEInputError(f"train_size must be in (0, 1], got {train_size}.")
 
 
 def nonempty_cells(matrix, n_obs: int) -> np.ndarray:
@@ -102,17 +154,33 @@ def nonempty_cells(matrix, n_obs: int) -> np.ndarray:
 
 
 def split_cells(
-    cells: np.ndarray, n_obs: int, train_size: float, n_components: int, rng: np.random.Generator
+    cells: np.ndarray,
+    labels: np.ndarray,
+    train_size: float,
+    n_components: int,
+    rng: np.random.Generator,
 ) -> CellSplit:
-    """A random ``train_size`` share of ``cells`` for training, the rest for validation."""
-    order = rng.permutation(cells)
-    n_val = round(len(order) * (1.0 - train_size))
-    split = CellSplit(train=np.sort(order[n_val:]), validation=np.sort(order[:n_val]))
+    """A random ``train_size`` share of ``cells`` for training, the rest for validation.
+
+    Split per label (``labels``: codes of every cell, -1 unlabelled), so validation holds its
+    share of each labelled type and every label keeps at least one labelled training cell: a
+    type with a single label never loses it.
+    """
+    groups = labels[cells]
+    validation = np.zeros(len(cells), dtype=bool)
+    for group in np.unique(groups):  # the labels and the unlabelled cells (-1)
+        members = rng.permutation(np.flatnonzero(groups == group))
+        n_val = round(len(members) * (1.0 - train_size))
+        if group >= 0:
+            n_val = min(n_val, len(members) - 1)
+        validation[members[:n_val]] = True
+    split = CellSplit(train=np.sort(cells[~validation]), validation=np.sort(cells[validation]))
     if len(split.train) < max(n_components, 2):
+        n_obs = len(labels)
         raise GMMVAEInputError(
             f"Only {len(split.train)} cells are left for training ({n_obs} cells, "
-            f"{n_obs - len(cells)} without counts, {n_val} held out for validation by "
-            f"train_size={train_size}), fewer than the {n_components} components. "
+            f"{n_obs - len(cells)} without counts, {validation.sum()} held out for validation "
+            f"by train_size={train_size}), fewer than the {n_components} components. "
             "Use fewer components, a larger train_size (1.0 uses every cell), or more cells."
         )
     return split
@@ -147,12 +215,17 @@ def fit_module(
     lr: float,
     placement,
     rng: np.random.Generator,
+    label_weights: tuple[float, float] = (1.0, 1.0),
     **fit_options,
-) -> list[dict[str, float]]:
-    """Train ``module`` on ``data`` as ``schedule`` says; returns the per-epoch history.
+):
+    """Train ``module`` on ``data`` as ``schedule`` says.
 
     ``fit_options`` go to :func:`gmmvae.training.fit` (early stopping, checkpoints, trainer
     options). Randomness comes from ``seed`` (torch, inside a fork of its RNG) and ``rng``.
+
+    Returns
+    -------
+    :class:`gmmvae.training.FitResult`; the module is left in eval mode.
     """
     from gmmvae._seed import seeded_rng
     from gmmvae.initialisation import MixtureInitialisation
@@ -160,19 +233,25 @@ def fit_module(
 
     train_loader, val_loader = loaders
     callbacks = list(fit_options.pop("callbacks", []))
-    if schedule.pretrain_epochs >= 0:
+    if schedule.pretrain_steps >= 0:
         cells = data.subset(placement_cells(split.train, rng))
-        callbacks.append(MixtureInitialisation(cells, schedule.pretrain_epochs, seed, placement))
-    plan = TrainingPlan(module, lr=lr, n_epochs_kl_warmup=schedule.warmup_epochs)
+        callbacks.append(MixtureInitialisation(cells, schedule.pretrain_steps, seed, placement))
+    plan = TrainingPlan(
+        module, lr=lr, kl_warmup_steps=schedule.warmup_steps, label_weights=label_weights
+    )
     module.train()
     with seeded_rng(seed):
-        history = fit(
+        result = fit(
             plan,
             train_loader,
             val_loader,
-            max_epochs=schedule.max_epochs,
+            max_steps=schedule.total_steps,
+            validation_interval=min(schedule.validation_interval, schedule.total_steps),
+            early_stopping_patience=schedule.patience,
+            early_stopping_start=schedule.warmup_steps,
+            best_weights_start=max(schedule.pretrain_steps, 0),
             callbacks=callbacks,
             **fit_options,
         )
     module.eval()
-    return history
+    return result

@@ -7,6 +7,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,11 @@ def checkpoint_file(checkpoint_dir: str | Path) -> Path:
     return path
 
 
-def kl_warmup_weight(epoch: int, n_epochs_warmup: int | None) -> float:
-    """Linear KL annealing from 0 to 1 over ``n_epochs_warmup`` epochs (1 when disabled)."""
-    if not n_epochs_warmup:
+def kl_warmup_weight(step: int, warmup_steps: int | None) -> float:
+    """Linear KL annealing from 0 to 1 over ``warmup_steps`` optimiser steps (1 when 0/None)."""
+    if not warmup_steps:
         return 1.0
-    return min(1.0, epoch / n_epochs_warmup)
+    return min(1.0, step / warmup_steps)
 
 
 class TrainingPlan(pl.LightningModule):
@@ -51,8 +52,12 @@ class TrainingPlan(pl.LightningModule):
         Adam learning rate.
     weight_decay
         Adam weight decay.
-    n_epochs_kl_warmup
-        Epochs over which the KL weight rises linearly from 0 to 1.
+    kl_warmup_steps
+        Optimiser steps over which the KL weight rises linearly from 0 to 1.
+    label_weights
+        ELBO weights (labelled, unlabelled cells) that undo the sampler's oversampling of
+        labelled cells (:attr:`gmmvae.samplers.MixedBatchSampler.cell_weights`); (1, 1) for
+        plain shuffling.
     """
 
     def __init__(
@@ -61,19 +66,21 @@ class TrainingPlan(pl.LightningModule):
         *,
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
-        n_epochs_kl_warmup: int | None = 20,
+        kl_warmup_steps: int | None = 2000,
+        label_weights: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         super().__init__()
         self.module = module
         self.lr = lr
         self.weight_decay = weight_decay
-        self.n_epochs_kl_warmup = n_epochs_kl_warmup
+        self.kl_warmup_steps = kl_warmup_steps
+        self.label_weights = label_weights
         # True until MixtureInitialisation places the components (plain-VAE pre-training).
         self.pretraining = False
 
     @property
     def kl_weight(self) -> float:
-        return kl_warmup_weight(self.current_epoch, self.n_epochs_kl_warmup)
+        return kl_warmup_weight(self.global_step, self.kl_warmup_steps)
 
     def _log_terms(self, out: LossOutput, prefix: str, batch_size: int) -> None:
         # Epoch means, averaged over data-parallel ranks so that every rank sees the same
@@ -89,7 +96,7 @@ class TrainingPlan(pl.LightningModule):
             return
         bad = [name for name, v in out.terms.items() if not torch.isfinite(v).all()]
         msg = (
-            f"{stage} loss became non-finite at epoch {self.current_epoch} (terms: "
+            f"{stage} loss became non-finite at step {self.global_step} (terms: "
             f"{bad or ['classification']}). Training stopped before saving anything. Lower the "
             "learning rate (train(lr=...)), check the data for extreme values, or use a "
             "likelihood that matches the data (counts: 'nb'; log data: 'gaussian')."
@@ -97,6 +104,9 @@ class TrainingPlan(pl.LightningModule):
         raise FloatingPointError(msg)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.label_weights != (1.0, 1.0):
+            labelled, unlabelled = self.label_weights
+            batch = {**batch, "weight": torch.where(batch["label"] >= 0, labelled, unlabelled)}
         out = self.module(batch, kl_weight=self.kl_weight, pretrain=self.pretraining)
         self._check_finite(out, "training")
         self._log_terms(out, "train", len(batch["x"]))
@@ -127,7 +137,10 @@ class TrainingPlan(pl.LightningModule):
 
 
 class HistoryCallback(Callback):
-    """Collects the per-epoch means of every logged metric into ``history`` (a list of dicts)."""
+    """Collects the per-epoch means of every logged metric into ``history`` (a list of dicts),
+    with the optimiser step, the phase (``"pretraining"`` before the mixture is placed, then
+    ``"mixture"``) and the KL weight at the epoch's end; validation metrics are those of the
+    latest validation check."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
@@ -139,13 +152,19 @@ class HistoryCallback(Callback):
         self.history = list(state_dict["history"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = {"epoch": float(trainer.current_epoch)}
+        row = {
+            "epoch": float(trainer.current_epoch),
+            "step": float(trainer.global_step),
+            "phase": "pretraining" if getattr(pl_module, "pretraining", False) else "mixture",
+            "kl_weight": float(getattr(pl_module, "kl_weight", 1.0)),
+        }
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         self.history.append(row)
 
 
-class EpochProgressBar(ProgressBar):
-    """One progress bar over epochs (not steps), with the latest losses as its postfix."""
+class StepProgressBar(ProgressBar):
+    """One progress bar over optimiser steps (updated once per epoch), with the latest losses
+    as its postfix; it ends early when early stopping does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -160,7 +179,9 @@ class EpochProgressBar(ProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
-            self.bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch")
+            self.bar = tqdm(
+                total=trainer.max_steps, initial=trainer.global_step, desc="Training", unit="step"
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.bar is None:
@@ -170,12 +191,67 @@ class EpochProgressBar(ProgressBar):
             k: f"{float(metrics[k]):.4g}" for k in ("train_loss", "validation_loss") if k in metrics
         }
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
+        self.bar.update(trainer.global_step - self.bar.n)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class BestWeights(Callback):
+    """Keep the weights of the best validation ELBO from step ``start_step`` on and load them
+    back when training ends (small data overfit: the held-out ELBO peaks before the end).
+
+    The copy is part of the checkpoint, so a resumed run restores the same weights.
+    """
+
+    def __init__(self, monitor: str = "validation_neg_elbo", start_step: int = 0) -> None:
+        self.monitor = monitor
+        self.start_step = start_step
+        self.best_score = float("inf")
+        self.best_step = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = float(state_dict["best_score"])
+        self.best_step = int(state_dict["best_step"])
+        self.best_state = state_dict["state"]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None or trainer.global_step < self.start_step:
+            return
+        if float(score) < self.best_score:
+            self.best_score, self.best_step = float(score), int(trainer.global_step)
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.module.state_dict().items()
+            }
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.module.load_state_dict(self.best_state)
+
+
+class DelayedEarlyStopping(EarlyStopping):
+    """Early stopping that only starts counting at step ``start_step`` (when the KL weight
+    has reached 1 and the validation ELBO means what it will mean at the end)."""
+
+    def __init__(self, *args: Any, start_step: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_step = start_step
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step < self.start_step:
+            return
+        super()._run_early_stopping_check(trainer)
 
 
 # Pre-training leaves the mixture parameters unused, and the exact variant's q(y|x) head gets no
@@ -204,30 +280,67 @@ def _make_trainer(**options: Any) -> pl.Trainer:
         ) from err
 
 
+def world_size(accelerator: str, devices: Any, **trainer_kwargs: Any) -> int:
+    """How many data-parallel processes Lightning will train on with these options.
+
+    The schedule counts optimiser steps and each rank runs 1/world of an epoch's batches
+    (:mod:`gmmvae.samplers`), so an epoch cap must know this before the trainer exists.
+    Resolving the options builds a trainer but launches nothing.
+    """
+    keep = {k: trainer_kwargs[k] for k in ("strategy", "num_nodes") if k in trainer_kwargs}
+    with _quiet_lightning():
+        trainer = _make_trainer(
+            accelerator=accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **keep,
+        )
+    return int(trainer.world_size)
+
+
+@dataclass
+class FitResult:
+    """What a fit leaves besides the trained module."""
+
+    history: list[dict[str, Any]]  # per-epoch metrics (HistoryCallback)
+    device: torch.device  # where the module trained
+    best_step: int  # step of the validation ELBO whose weights were kept (-1: the last ones)
+
+
 def fit(
     plan: TrainingPlan,
     train_loader: Any,
     val_loader: Any | None,
     *,
-    max_epochs: int,
+    max_steps: int,
     accelerator: str,
     devices: Any,
+    validation_interval: int,
     early_stopping: bool,
     early_stopping_patience: int,
+    early_stopping_start: int,
+    best_weights_start: int,
     progress_bar: bool,
     gradient_clip_val: float = 10.0,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 10,
     resume: bool = False,
     **trainer_kwargs: Any,
-) -> list[dict[str, float]]:
-    """Run Lightning's trainer; returns the per-epoch history.
+) -> FitResult:
+    """Run Lightning's trainer for ``max_steps`` optimiser steps (fewer if early stopping
+    fires; validation every ``validation_interval`` steps, patience counted in validation
+    checks from step ``early_stopping_start``, and with early stopping the weights of the best
+    validation ELBO from step ``best_weights_start`` on are the ones kept).
 
     Leaves no files behind, except the checkpoint in ``checkpoint_dir`` when one is given
     (written atomically every ``checkpoint_every`` epochs; ``resume=True`` continues from it).
     """
     history = HistoryCallback()
-    callbacks: list[Callback] = [history] + ([EpochProgressBar()] if progress_bar else [])
+    best = BestWeights("validation_neg_elbo", start_step=best_weights_start)
+    callbacks: list[Callback] = [history] + ([StepProgressBar()] if progress_bar else [])
     ckpt_path = None
     if checkpoint_dir is not None:
         callbacks.append(
@@ -242,14 +355,24 @@ def fit(
         trainer_kwargs["enable_checkpointing"] = True
         ckpt_path = checkpoint_file(checkpoint_dir) if resume else None
     if early_stopping and val_loader is not None:
-        callbacks.append(
-            # The ELBO alone: the classification term on a few labelled validation cells is noisy.
-            EarlyStopping("validation_neg_elbo", patience=early_stopping_patience, mode="min")
-        )
+        # The ELBO alone: the classification term on a few labelled validation cells is noisy.
+        callbacks += [
+            DelayedEarlyStopping(
+                "validation_neg_elbo",
+                patience=early_stopping_patience,
+                mode="min",
+                check_on_train_epoch_end=False,
+                start_step=early_stopping_start,
+            ),
+            best,
+        ]
     callbacks += trainer_kwargs.pop("callbacks", [])
     with tempfile.TemporaryDirectory(prefix="gmmvae-") as root, _quiet_lightning():
         trainer = _make_trainer(
-            max_epochs=max_epochs,
+            max_steps=max_steps,
+            max_epochs=-1,
+            val_check_interval=validation_interval if val_loader is not None else None,
+            check_val_every_n_epoch=None if val_loader is not None else 1,
             accelerator=accelerator,
             devices=devices,
             logger=trainer_kwargs.pop("logger", False),
@@ -265,7 +388,8 @@ def fit(
             **trainer_kwargs,
         )
         trainer.fit(plan, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    return history.history
+        device = trainer.strategy.root_device
+    return FitResult(history.history, device, best.best_step)
 
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")

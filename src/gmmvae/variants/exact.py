@@ -83,34 +83,52 @@ class ExactModule(GMMVAEModule):
         return terms, q["y_logits"]
 
     def expected_reconstruction(self, mb: Minibatch, q: Terms, weights: torch.Tensor):
-        """E_q(y|x) E_q(z|x,y) log p(x|z); (B,)."""
-        index, index_weights = self.evaluated_components(weights)  # (B, k)
-        gather = index.unsqueeze(-1).expand(-1, -1, q["z_mean"].shape[-1])
-        z = reparameterise(q["z_mean"].gather(1, gather), q["z_logvar"].gather(1, gather))
-        rec = self.reconstruction(z, mb)  # (B, k)
-        return (index_weights * rec).sum(-1)
-
-    def evaluated_components(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which components to decode per cell, and their weights in the expected likelihood.
-
-        All K by default. With ``components_per_cell = k < K``: the k - 1 heaviest under
-        ``weights`` (q(y|x), or the one-hot label) plus one drawn from the rest in proportion
-        to its weight, which stands in for the whole rest (a sum-and-sample estimate: its value
-        is unbiased, but its gradient with respect to q(y|x) has no score-function term). The
-        decoder pass then costs k / K of the full sum.
-        """
-        K = weights.shape[-1]
+        """E_q(y|x) E_q(z|x,y) log p(x|z); (B,). Exact over all K, or estimated from
+        ``components_per_cell`` decoded components (:meth:`sampled_reconstruction`)."""
         k = self.config.components_per_cell
-        if k is None or k >= K:
-            index = torch.arange(K, device=weights.device).expand_as(weights)
-            return index, weights
-        # Tiny noise breaks ties at random (uniform weights in pre-training, one-hot labels).
-        scores = weights.detach() + 1e-6 * torch.rand_like(weights)
-        top = scores.topk(k - 1, dim=-1).indices  # (B, k-1)
-        rest = weights.detach().scatter(-1, top, 0.0) + 1e-12
-        drawn = torch.multinomial(rest, 1)  # (B, 1)
-        top_weights = weights.gather(-1, top)
-        rest_weight = (weights.sum(-1, keepdim=True) - top_weights.sum(-1, keepdim=True)).clamp(
-            min=0.0
-        )
-        return torch.cat([top, drawn], -1), torch.cat([top_weights, rest_weight], -1)
+        if k is None or k >= weights.shape[-1]:
+            return (weights * self.reconstruction(self._draw_z(q), mb)).sum(-1)
+        return self.sampled_reconstruction(mb, q, weights, k)
+
+    def sampled_reconstruction(
+        self, mb: Minibatch, q: Terms, weights: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """The sum over components estimated from k decoded ones per cell; (B,).
+
+        The most likely component under ``weights`` (q(y|x), or the one-hot label) is decoded
+        exactly; the rest of the mass, ``w_rest = 1 - w_top``, is represented by ``k - 1``
+        components drawn from the rest in proportion to their weight. The value
+        ``w_top r_top + w_rest mean_j r_j`` is unbiased. So is its gradient: a
+        score-function term ``w_rest (r_j - b_j) grad log q_rest(j)`` (zero in value) tells
+        q(y|x) which of the other components fit, with a leave-one-out baseline ``b_j`` (the
+        mean of the other draws; ``r_top`` when only one is drawn). Without that term the
+        reconstruction could only move mass between the top component and the rest as a
+        whole. Decoder cost: k / K of the exact sum.
+        """
+        rest = weights.detach() + 1e-6 * torch.rand_like(weights)  # ties broken at random
+        top = rest.argmax(-1, keepdim=True)  # (B, 1)
+        rest = weights.detach().scatter(-1, top, 0.0)
+        drawn = torch.multinomial(rest + 1e-12, k - 1, replacement=True)  # (B, k-1)
+        rec = self.reconstruction(self._draw_z(q, torch.cat([top, drawn], -1)), mb)  # (B, k)
+        r_top, r_drawn = rec[:, :1], rec[:, 1:]
+        w_top = weights.gather(-1, top)  # (B, 1), with gradient
+        w_rest = (weights.sum(-1, keepdim=True) - w_top).clamp(min=0.0)
+        value = w_top * r_top + w_rest * r_drawn.mean(-1, keepdim=True)
+        if k > 2:
+            baseline = (r_drawn.sum(-1, keepdim=True) - r_drawn) / (k - 2)
+        else:
+            baseline = r_top
+        log_q = torch.log(weights.gather(-1, drawn).clamp(min=1e-12)) - torch.log(
+            w_rest.clamp(min=1e-12)
+        )  # log q_rest(j), (B, k-1)
+        advantage = (r_drawn - baseline).detach()
+        score = w_rest.detach() * advantage * (log_q - log_q.detach())  # zero in value
+        return (value + score.mean(-1, keepdim=True)).squeeze(-1)
+
+    def _draw_z(self, q: Terms, index: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ q(z|x,y) for every component, or for the components in ``index`` (B, k)."""
+        mean, logvar = q["z_mean"], q["z_logvar"]  # (B, K, d)
+        if index is not None:
+            gather = index.unsqueeze(-1).expand(-1, -1, mean.shape[-1])
+            mean, logvar = mean.gather(1, gather), logvar.gather(1, gather)
+        return reparameterise(mean, logvar)

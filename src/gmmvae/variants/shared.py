@@ -33,14 +33,8 @@ class SharedModule(GMMVAEModule):
         kl_z = kl_normal_normal(q["z_mean"].unsqueeze(1), q["z_logvar"].unsqueeze(1), mean, logvar)
         return self.log_mixture_weights() - kl_z
 
-    def pretrain_terms(self, mb: Minibatch, q: Terms, kl_weight: float):
-        z = reparameterise(q["z_mean"], q["z_logvar"])  # (B, d)
-        rec = self.reconstruction(z, mb)
-        zeros = torch.zeros_like(q["z_mean"])
-        kl = kl_normal_normal(q["z_mean"], q["z_logvar"], zeros, zeros)
-        elbo = rec - kl_weight * kl
-        terms = {"elbo": elbo, "reconstruction": rec, "kl_z": kl, "kl_y": torch.zeros_like(kl)}
-        return terms, self.responsibility_logits(q)
+    def pretrain_logits(self, q: Terms, z: torch.Tensor) -> torch.Tensor:
+        return self.responsibility_logits(q)
 
     def mixture_terms(self, mb: Minibatch, q: Terms, kl_weight: float):
         z = reparameterise(q["z_mean"], q["z_logvar"])  # (B, d)
