@@ -126,6 +126,13 @@ def test_demo_on_a_count_file(h5ad, tmp_path):
     assert result.exit_code == 0, result.output
     assert "clustering ARI" in result.output
     assert "semi-supervised accuracy" in result.output
+    # The time of each phase, not one headline number for everything.
+    from gmmvae.demo import PHASES
+
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    for name in ["reading data, gene selection", *PHASES.values(), "total"]:
+        assert f"time: {name}" in rows, result.output
+        assert rows[f"time: {name}"].split("│")[2].strip().endswith(" s")
     assert (out_dir / "annotated.h5ad").is_file()
     assert (out_dir / "latent_umap.png").stat().st_size > 10_000
 

@@ -10,6 +10,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from gmmvae._labels import repel_labels
+from gmmvae._palettes import FREE_COLOR, match_colors
+from gmmvae.plotting_de import de_volcano, marker_dotplot
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -26,6 +30,7 @@ def latent_umap(
     adata: AnnData,
     *,
     color: str | Sequence[str],
+    reference: str | None = None,
     use_rep: str = "X_gmmvae",
     n_neighbors: int = 15,
     seed: int = 0,
@@ -39,6 +44,33 @@ def latent_umap(
     user's own ``obsp`` graph, ``uns["neighbors"]`` and ``obsm["X_umap"]`` are untouched; the
     coordinates are kept in ``adata.obsm[f"{use_rep}_umap"]`` and reused on the next call
     (``recompute=True`` computes them again).
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm[use_rep]`` (``model.get_latent(adata)``) and the ``color`` columns.
+    color
+        obs columns (or genes) to colour by, one panel each.
+    reference
+        obs column whose colours the other categorical ``color`` columns reuse, so panels can
+        be read side by side (e.g. ``"cell_type"``): predicted labels take the colour of the
+        true label of the same name, clusters that of their best-overlapping true label
+        (Hungarian matching), free components grey; see :func:`match_colors`. ``None``: each
+        column keeps its own colours (``adata.uns[f"{key}_colors"]`` or scanpy's defaults).
+    use_rep
+        The representation in ``obsm`` to embed.
+    n_neighbors, seed
+        Options of the kNN graph and UMAP.
+    recompute
+        Compute the UMAP again even if ``obsm[f"{use_rep}_umap"]`` exists.
+    show, save
+        Show the figure; save it to this path.
+
+    Returns
+    -------
+    The figure. Writes ``adata.obsm[f"{use_rep}_umap"]`` (float, n_obs x 2) and, with
+    ``reference``, ``adata.uns[f"{key}_colors"]`` (hex strings in category order) for
+    ``reference`` and each categorical ``color`` column.
     """
     import scanpy as sc
 
@@ -54,8 +86,18 @@ def latent_umap(
         sc.tl.umap(holder, random_state=seed)
         adata.obsm[basis] = holder.obsm["X_umap"]
     colors = [color] if isinstance(color, str) else list(color)
+    if reference is not None:
+        match_colors(adata, reference=reference, keys=[c for c in colors if _is_labels(adata, c)])
     fig = sc.pl.embedding(adata, basis=basis, color=colors, show=False, return_fig=True, wspace=0.6)
     return _finish(fig, save=save, show=show)
+
+
+def _is_labels(adata: AnnData, key: str) -> bool:
+    """Whether obs[key] is a column of labels (categorical or strings), not numbers or a gene."""
+    if key not in adata.obs:
+        return False
+    dtype = adata.obs[key].dtype
+    return isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
 
 
 def history(
@@ -169,8 +211,9 @@ def perturbation_scatter(
     the output of :meth:`gmmvae.GMMVAE.predict_perturbation` (its ``layers["gmmvae_log_mean"]`` by
     default; ``synthetic_layer=None`` scores its sampled counts in ``X``). Both on log1p
     CP10k, genes matched by name. The first ``n_labels`` of ``degs`` are labelled and all of
-    them drawn in red; the title gives scGen's R² (squared Pearson) on all genes and on
-    ``degs``.
+    them drawn in red; labels are moved apart so that none overlaps another (a thin line
+    joins a moved label to its point). The title gives scGen's R² (squared Pearson) on all
+    genes and on ``degs``.
     """
     from gmmvae.metrics import r2_pearson
 
@@ -188,10 +231,12 @@ def perturbation_scatter(
         idx = idx[idx >= 0]
         ax.scatter(x[idx], y[idx], s=9, color="tab:red", linewidths=0, label="top DEGs")
         heading.append(f"top-{len(idx)} DEGs = {r2_pearson(x[idx], y[idx]):.3f}")
-        for i in idx[:n_labels]:
+        labels = [
             ax.annotate(
-                genes[i], (x[i], y[i]), fontsize=7, xytext=(3, 2), textcoords="offset pixels"
+                genes[i], (x[i], y[i]), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
+            for i in idx[:n_labels]
+        ]
         ax.legend(frameon=False, loc="upper left")
     top = float(max(x.max(), y.max()))
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
@@ -199,6 +244,10 @@ def perturbation_scatter(
     ax.set_ylabel("predicted mean expression")
     ax.set_title(((title + "\n") if title else "") + ", ".join(heading), fontsize=9)
     fig.tight_layout()
+    if degs:
+        # After the layout, which moves the axes: offsets are in points, so no overlap
+        # appears at another dpi either.
+        repel_labels(ax, labels)
     return _finish(fig, save=save, show=show)
 
 
@@ -240,3 +289,17 @@ def perturbation_violin(
     ax.set_ylabel(f"{gene} (log1p CP10k)")
     fig.tight_layout()
     return _finish(fig, save=save, show=show)
+
+
+__all__ = [
+    "FREE_COLOR",
+    "de_volcano",
+    "history",
+    "latent_umap",
+    "marker_dotplot",
+    "match_colors",
+    "perturbation_scatter",
+    "perturbation_violin",
+    "synthetic_moments",
+    "synthetic_umap",
+]
