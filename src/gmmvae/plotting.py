@@ -12,10 +12,18 @@ from anndata import AnnData
 
 from gmmvae._labels import repel_labels
 from gmmvae._palettes import FREE_COLOR, match_colors
-from gmmvae.plotting_de import _finish, de_volcano, marker_dotplot
+from gmmvae.plotting_de import de_volcano, marker_dotplot
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+def _finish(fig: Figure, *, save: str | None, show: bool) -> Figure:
+    if save:
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    if show:
+        plt.show()
+    return fig
 
 
 def latent_umap(
