@@ -18,5 +18,14 @@ FIGURES = ROOT / "figures"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # The shared data folder beside the repository (CI has the same layout).
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-PROTOCOLS = ("clustering", "semi", "query", "novelty", "perturbation", "synthetic", "speed")
+PROTOCOLS = (
+    "clustering",
+    "semi",
+    "query",
+    "novelty",
+    "perturbation",
+    "synthetic",
+    "integration",
+    "speed",
+)
 QUICK_EPOCHS = 3  # max_epochs of every trained method under --quick

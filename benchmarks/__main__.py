@@ -1,10 +1,11 @@
 """``python -m benchmarks PROTOCOL [options]``: run a protocol's grid, then render its section.
 
-PROTOCOL is one of clustering, semi, query, novelty, perturbation, synthetic, speed (run,
-append rows, render) or summary (render the one-screen summary only); ``speed`` takes a grid,
-``speed throughput|scaling|loader`` (default: all three). ``--quick`` runs a tiny smoke grid
-(1 seed, a stratified subsample of a few hundred cells, 3 epochs) into ``results/quick/`` and
-renders it to ``results/quick/BENCHMARKS.md``, never to BENCHMARKS.md.
+PROTOCOL is one of clustering, semi, query, novelty, perturbation, synthetic, integration,
+speed, de, choose_k (run, append rows, render) or summary (render the one-screen summary
+only); ``speed`` takes a grid, ``speed throughput|scaling|loader`` (default: all three).
+``--quick`` runs a tiny smoke grid (1 seed, a stratified subsample of a few hundred cells or
+a small simulation, 3 epochs; a protocol's ``QUICK_DATASETS`` where it has them) into
+``results/quick/`` and renders it to ``results/quick/BENCHMARKS.md``, never to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import warnings
 from pathlib import Path
 
 from benchmarks import DEFAULT_DATA_DIR, PROTOCOLS, QUICK_EPOCHS
+from benchmarks.store import PROTOCOL_FILES
+
+# Protocols added after rows were stored (de, choose_k): registered in store.PROTOCOL_FILES
+# and report.py, not in benchmarks.PROTOCOLS (see report.LATER_PROTOCOLS).
+LATER_PROTOCOLS = tuple(p for p in PROTOCOL_FILES if p not in PROTOCOLS)
+# Protocols whose grid_units load real datasets themselves (beside their simulated ones).
+DATA_DIR_PROTOCOLS = ("de", "choose_k")
 
 QUICK_SEEDS = [0]
 QUICK_FRACTIONS = [0.1]
@@ -24,7 +32,7 @@ QUICK_HELD_OUT = ["B"]
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("protocol", choices=[*PROTOCOLS, "summary"])
+    parser.add_argument("protocol", choices=[*PROTOCOLS, *LATER_PROTOCOLS, "summary"])
     parser.add_argument("grid", nargs="?", help="speed: throughput, scaling or loader")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2; speed 0 (--quick: 0)")
@@ -54,10 +62,14 @@ def quiet() -> None:
     import logging
 
     warnings.filterwarnings("ignore")
-    for name in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric", "celltypist"):
+    names = ("scvi", "lightning", "lightning.pytorch", "lightning.fabric", "celltypist")
+    for name in (*names, "scib_metrics", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if "scvi" in sys.modules:
-        sys.modules["scvi"].settings.verbosity = logging.ERROR
+    for package in ("scvi", "scib_metrics"):  # their settings reset their loggers' levels
+        if package in sys.modules:
+            sys.modules[package].settings.verbosity = logging.ERROR
+    # CellTypist sets the root logger to INFO on import; scib-metrics logs to the root.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
 
 
 def warm_up() -> None:
@@ -82,6 +94,9 @@ def limit_threads(n: int) -> None:
     """Thread limits before numpy/torch load (the benchmark machines are shared)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
+    if n == 1 and "XLA_FLAGS" not in os.environ:  # jax (scib-metrics, scGen) on one thread
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = flags
 
 
 def run(args: argparse.Namespace) -> None:
@@ -93,7 +108,8 @@ def run(args: argparse.Namespace) -> None:
     default_seeds = list(getattr(proto, "SEEDS", [0, 1, 2]))  # speed: one seed
     settings = Settings(
         seeds=args.seeds or (QUICK_SEEDS if args.quick else default_seeds),
-        datasets=args.datasets or list(proto.DATASETS),
+        datasets=args.datasets
+        or list(getattr(proto, "QUICK_DATASETS", proto.DATASETS) if args.quick else proto.DATASETS),
         methods=args.methods or list(proto.METHODS),
         epochs=[QUICK_EPOCHS if args.quick else None, *args.cap],
         threads=args.threads,
@@ -116,6 +132,8 @@ def run(args: argparse.Namespace) -> None:
         extra["held_out"] = args.held_out or (QUICK_HELD_OUT if args.quick else proto.HELD_OUT)
     if args.protocol == "perturbation":
         extra["types"] = args.types or list(proto.QUICK_TYPES if args.quick else proto.TYPES)
+    if args.protocol in DATA_DIR_PROTOCOLS:
+        extra["data_dir"] = args.data_dir
     if args.protocol == "speed":
         if args.grid not in (None, *proto.GRIDS):
             sys.exit(f"unknown speed grid {args.grid!r}; known: {list(proto.GRIDS)}")
@@ -134,6 +152,8 @@ def run(args: argparse.Namespace) -> None:
                 yield from proto.units(ds, seed, settings, **extra)
 
     warm_up()
+    if hasattr(proto, "warm_up"):  # the protocol's own packages (integration: harmonypy)
+        proto.warm_up()
     if not args.show_warnings:
         quiet()  # again: importing scvi-tools sets its log level
     written = run_grid(args.protocol, units(), settings)

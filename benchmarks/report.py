@@ -23,15 +23,35 @@ from benchmarks import (
     plots,
     store,
 )
-from benchmarks.methods import NAMES, VARIANT_METHODS
-from benchmarks.protocols import module
+from benchmarks.methods import NAMES as METHOD_NAMES
+from benchmarks.methods import VARIANT_METHODS
+from benchmarks.protocols import MODULES, module
 
+# Protocols added after rows were stored are registered here rather than in
+# protocols/__init__.py, whose bytes are in every row's fingerprint (store.BENCH_CODE):
+# editing it would make every stored row of every protocol stale. __main__ imports this
+# module before it looks up a protocol.
+MODULES.setdefault("integration", "integration")
+# Later still: every protocol of store.PROTOCOL_FILES that benchmarks.PROTOCOLS lacks (de,
+# choose_k), each in protocols/<name>.py; they render after the others.
+LATER_PROTOCOLS = tuple(p for p in store.PROTOCOL_FILES if p not in PROTOCOLS)
+for _protocol in LATER_PROTOCOLS:
+    MODULES.setdefault(_protocol, _protocol)
+ALL_PROTOCOLS = (*PROTOCOLS, *LATER_PROTOCOLS)
+# Display names: methods.NAMES (hashed like protocols/__init__.py) and the protocols' own.
+NAMES = {
+    **METHOD_NAMES,
+    **{k: v for p in ("integration", *LATER_PROTOCOLS) for k, v in module(p).NAMES.items()},
+}
 LEIDEN_LABELS = "kang"  # the dataset whose labels Leiden on PCA made
+# Condition-dependent protocols: their Kang rows are summarised apart (labels Leiden-made).
+CONDITION_PROTOCOLS = ("query", "synthetic", "integration")
 METRIC_NAMES = {
     "ari": "ARI",
     "accuracy": "accuracy",
     "macro_f1": "macro-F1",
     "auroc": "AUROC of 1 − confidence",
+    "total": "total (0.4 batch + 0.6 bio)",
 }
 
 
@@ -329,7 +349,7 @@ def summary(*, quick: bool = False) -> str:
     if quick:
         text.insert(2, "**QUICK smoke rows: tiny subsamples and 3 epochs; not results.**\n")
     total: dict[str, int] = {}
-    for protocol in PROTOCOLS:
+    for protocol in ALL_PROTOCOLS:
         proto = module(protocol)
         frame = load(protocol, quick=quick)
         if hasattr(proto, "summary"):  # a summary table of its own (perturbation)
@@ -362,7 +382,7 @@ def _summary_parts(protocol: str, frame: pd.DataFrame):
         return []
     independent = frame[frame["dataset"].isin(datasets.INDEPENDENT_TRUTH)]
     parts = [("", independent)]
-    if protocol in ("query", "synthetic"):  # condition-dependent; Kang's labels Leiden-made
+    if protocol in CONDITION_PROTOCOLS:
         parts.append(
             (" — Kang (labels from Leiden on PCA)", frame[frame["dataset"] == LEIDEN_LABELS])
         )
@@ -372,7 +392,7 @@ def _summary_parts(protocol: str, frame: pd.DataFrame):
 # --------------------------------------------------------------------------- writing files
 def skeleton() -> str:
     """A fresh BENCHMARKS.md: title, how to rerun, empty marker sections."""
-    blocks = "\n\n".join(f"<!-- {m} -->\n<!-- /{m} -->" for m in ("summary", *PROTOCOLS))
+    blocks = "\n\n".join(f"<!-- {m} -->\n<!-- /{m} -->" for m in ("summary", *ALL_PROTOCOLS))
     return (
         "# Benchmarks\n\n"
         "gmmvae against its peers under the protocols of `../shared/DESIGN.md` §2. Every "
@@ -390,7 +410,10 @@ def skeleton() -> str:
         "python -m benchmarks novelty\n"
         "python -m benchmarks perturbation # needs pip install -e '.[bench,bench-scgen]'\n"
         "python -m benchmarks synthetic    # generation + the augmentation task\n"
+        "python -m benchmarks integration  # batch mixing vs biology (scib-metrics)\n"
         "python -m benchmarks speed        # or: speed throughput | scaling | loader\n"
+        "python -m benchmarks de           # differential expression vs known markers\n"
+        "python -m benchmarks choose_k     # choosing K; add --cap 100 for capped rows\n"
         "python -m benchmarks clustering --methods gmmvae gmmvae_shared gmmvae_dirichlet\n"
         "python -m benchmarks summary      # re-renders the summary only\n"
         "python -m benchmarks clustering --quick   # smoke check, rows in results/quick/\n"

@@ -45,6 +45,8 @@ PACKAGES = (
     "lightning",
     "pertpy",
     "jax",
+    "scib-metrics",
+    "harmonypy",
 )
 # Benchmark code that can change a result (store.py, report.py and __main__.py cannot).
 BENCH_CODE = ("datasets.py", "methods.py", "protocols/__init__.py")
@@ -55,6 +57,9 @@ PROTOCOL_FILES = {
     "novelty": ("protocols/novelty.py",),
     "perturbation": ("protocols/perturbation.py", "perturbation_methods.py"),
     "synthetic": ("protocols/synthetic.py", "protocols/augmentation.py"),
+    "integration": ("protocols/integration.py",),
+    "de": ("protocols/de.py",),
+    "choose_k": ("protocols/choose_k.py",),
     "speed": ("protocols/speed.py", "protocols/speed_rows.py", "annbatch_worker.py"),
 }
 # gmmvae modules that peer rows also depend on.
