@@ -19,7 +19,17 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from gmmvae import analysis, collapse, de, generation, perturbation, pp, registry, schedule
+from gmmvae import (
+    analysis,
+    collapse,
+    de,
+    generation,
+    likelihood,
+    perturbation,
+    pp,
+    registry,
+    schedule,
+)
 from gmmvae._seed import seeded_rng
 from gmmvae.calibration import apply_temperature, fit_temperature
 from gmmvae.config import build_config, component_names
@@ -262,8 +272,8 @@ class GMMVAE:
             Adam learning rate.
         pretrain_steps
             Optimiser steps of plain-VAE pre-training (N(0, I) prior) before the components are
-            placed on clusters of the latent (``mixture_placement``); default 1,000, at most a
-            quarter of a capped run.
+            placed on clusters of the latent (``mixture_placement``); default 1,000, at most
+            70 % of a capped run.
         kl_warmup_steps
             Steps over which the KL weight rises from 0 to 1, counted from the first step;
             default twice the pre-training, at most half the run; 0 disables the warm-up.
@@ -475,6 +485,8 @@ class GMMVAE:
     get_normalized_expression = analysis.get_normalized_expression
     posterior_predictive_sample = analysis.posterior_predictive_sample
     differential_expression = de.differential_expression
+    get_elbo = likelihood.get_elbo
+    get_marginal_ll = likelihood.get_marginal_ll
 
     # -------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -24,6 +24,11 @@ MIXTURE_STEPS = 1000  # budget under the full mixture ELBO, beside the patience
 PATIENCE_STEPS = 1000  # steps without a better validation ELBO before early stopping
 MAX_VALIDATION_INTERVAL = 250  # steps between validation checks, at most
 PLACEMENT_CELLS = 50_000  # cells encoded to place the mixture components
+# Under a cap, pre-training takes up to this share of the steps: the placed mixture is only as
+# good as the pre-trained latent. Measured on simulated counts (10^4 cells, 2,000 genes, K = 10,
+# 10 epochs = 360 steps; seeds 1, 2): ARI 0.19 with a quarter of the steps, 0.72 with half,
+# 0.95 with 0.7.
+CAPPED_PRETRAIN_SHARE = 0.7
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,9 @@ def plan_schedule(
     is the larger of that minimum and scvi-tools' epoch heuristic (``default_max_epochs``), so
     small data get enough steps and large data a few passes. ``max_epochs`` (passes over
     the training cells) and ``max_steps`` cap the budget;
-    a run too short for the default phases shrinks them in proportion (pre-training at most a
-    quarter of the steps, warm-up at most half), so that every run it starts ends with the
-    full ELBO optimised.
+    a run too short for the default phases shrinks them (pre-training at most
+    :data:`CAPPED_PRETRAIN_SHARE` of the steps, warm-up at most half), so that every run it
+    starts ends with the full ELBO optimised.
     """
     spe = max(steps_per_epoch, 1)
     pretrain = PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
@@ -89,8 +94,8 @@ def plan_schedule(
     total = max(default_max_epochs(n_train_cells) * spe, minimum)
     if max_epochs is not None or max_steps is not None:
         total = min(total, max_epochs * spe if max_epochs else total, max_steps or total)
-        if pretrain_steps is None and pretrain > total // 4:
-            pretrain = total // 4
+        if pretrain_steps is None:
+            pretrain = min(pretrain, int(CAPPED_PRETRAIN_SHARE * total))
         warmup = min(warmup, total // 2)
     if pretrain >= total:
         raise GMMVAEInputError(
