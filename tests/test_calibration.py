@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from gmmvae import GMMVAE, metrics
-from gmmvae.calibration import MIN_CALIBRATION_CELLS, apply_temperature, fit_temperature, nll
+from gmmvae.calibration import (
+    MIN_CALIBRATION_CELLS,
+    MIN_FEW_LABEL_CELLS,
+    apply_temperature,
+    fit_temperature,
+    nll,
+)
 from gmmvae.datasets import simulate
 
 
@@ -69,11 +75,25 @@ def test_fit_on_held_out_cells_generalises():
     assert ece < 0.03
 
 
-def test_too_few_cells_leave_temperature_at_one():
+def test_few_cells_may_only_soften_and_too_few_leave_one():
     probs, labels, _ = _overconfident(4000, 3.0, seed=5)
     few = MIN_CALIBRATION_CELLS - 1
-    assert fit_temperature(probs[:few], labels[:few]) == 1.0
-    assert fit_temperature(probs[:few], labels[:few], min_cells=5) > 1.0
+    # An overconfident model is softened from a few held-out cells ...
+    softened = fit_temperature(probs[:few], labels[:few])
+    assert softened > 1.0
+    held_out = slice(few, None)
+    ece = [
+        metrics.expected_calibration_error(p.max(1), p.argmax(1) == labels[held_out])
+        for p in (probs[held_out], apply_temperature(probs[held_out], softened))
+    ]
+    assert ece[1] < ece[0]
+    # ... but never sharpened: an underconfident one keeps T = 1 below MIN_CALIBRATION_CELLS.
+    under, under_labels, _ = _overconfident(4000, 0.5, seed=5)
+    assert fit_temperature(under[:few], under_labels[:few]) == 1.0
+    assert fit_temperature(under[:400], under_labels[:400]) < 1.0
+    assert (
+        fit_temperature(probs[: MIN_FEW_LABEL_CELLS - 1], labels[: MIN_FEW_LABEL_CELLS - 1]) == 1.0
+    )
 
 
 def test_all_held_out_cells_correct_leave_temperature_at_one():

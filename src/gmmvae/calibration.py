@@ -17,10 +17,14 @@ from scipy.optimize import minimize_scalar
 
 logger = logging.getLogger(__name__)
 
-#: Fewer labelled held-out cells than this leave the temperature at 1: a temperature fitted
-#: on a handful of cells that are all classified correctly runs to its lower bound and makes
-#: the model *more* overconfident. A fit that ends on a bound is discarded for the same reason.
+#: From this many labelled held-out cells on, the temperature may also sharpen (T < 1).
+#: Below it, a fit on a handful of cells that happen to be classified correctly would run
+#: towards T -> 0 and make the model *more* overconfident; with few labels the fit may only
+#: soften (T >= 1), which is the direction of the classifier's known error (a few
+#: misclassified held-out cells then carry the fit). A fit that ends on a bound is discarded.
 MIN_CALIBRATION_CELLS = 30
+#: Fewer labelled held-out cells than this leave the temperature at 1.
+MIN_FEW_LABEL_CELLS = 5
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
@@ -58,11 +62,13 @@ def fit_temperature(
     labels: np.ndarray,
     *,
     min_cells: int = MIN_CALIBRATION_CELLS,
+    min_few_cells: int = MIN_FEW_LABEL_CELLS,
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
 ) -> float:
     """Temperature minimising the NLL of ``labels`` (ints in [0, K)) under ``probs`` (n, K).
 
-    Returns 1.0 (no scaling) when fewer than ``min_cells`` cells are given, when every cell is
+    With fewer than ``min_cells`` cells the search only softens (T >= 1); with fewer than
+    ``min_few_cells`` it does not run. Returns 1.0 (no scaling) then, when every cell is
     classified correctly (no finite optimum) or when the optimum lies on a bound. The search
     runs over log T in ``bounds`` (bounded Brent), which is smooth and one-dimensional.
     """
@@ -73,11 +79,13 @@ def fit_temperature(
             f"probs must be (n_cells, K) and labels (n_cells,); got {probs.shape} and "
             f"{labels.shape}."
         )
-    if len(labels) < min_cells:
+    if len(labels) < min_few_cells:
         logger.info(
-            "%d labelled held-out cells (< %d): temperature left at 1.", len(labels), min_cells
+            "%d labelled held-out cells (< %d): temperature left at 1.", len(labels), min_few_cells
         )
         return 1.0
+    if len(labels) < min_cells:
+        bounds = (1.0, bounds[1])
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
         raise ValueError(f"labels must lie in [0, {probs.shape[1]}), got {labels.min()}..")
     if (probs.argmax(1) == labels).all():
@@ -97,7 +105,7 @@ def fit_temperature(
     # Keep T = 1 unless scaling actually lowers the held-out NLL.
     if nll(probs, labels, temperature) >= nll(probs, labels, 1.0):
         return 1.0
-    if min(result.x - low, high - result.x) < 0.01:
+    if high - result.x < 0.01 or (bounds[0] < 1.0 and result.x - low < 0.01):
         logger.info("Temperature fit ran to its bound (%.3g): left at 1.", temperature)
         return 1.0
     return temperature
