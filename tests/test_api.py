@@ -115,10 +115,11 @@ def test_setup_anndata_spelling():
 def test_plotting_functions_take_data_first(name):
     f = _module_functions(gmmvae.pl)[name]
     params = _params(f)
-    # The data: an AnnData, the real and synthetic AnnData pair, or (for pl.history) the
-    # model's history DataFrame.
+    # The data: an AnnData, the real and synthetic AnnData pair, or (pl.history,
+    # pl.n_components) the DataFrame the model or select_n_components returned.
     n_data = 2 if params[0].name == "real" else 1
-    assert [p.name for p in params[:n_data]] in (["adata"], ["history"], ["real", "synthetic"])
+    allowed = (["adata"], ["history"], ["table"], ["real", "synthetic"])
+    assert [p.name for p in params[:n_data]] in allowed
     for param in params[:n_data]:
         annotation = str(param.annotation)
         assert "AnnData" in annotation or "DataFrame" in annotation, name

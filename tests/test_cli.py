@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anndata as ad
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -99,7 +100,7 @@ def test_annotate_genes_mismatch_names_missing_genes(model_dir, h5ad, tmp_path):
 
 
 def test_every_option_has_help():
-    for command in ("train", "annotate", "embed", "demo"):
+    for command in ("train", "choose-k", "annotate", "embed", "demo"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert "Options" in result.output
@@ -222,3 +223,18 @@ def test_train_mixture_placement_option(h5ad, tmp_path):
     bad = runner.invoke(app, [*args, "--mixture-placement", "spectral"])
     assert bad.exit_code != 0
     assert "spectral" in bad.output
+
+
+@pytest.mark.filterwarnings("ignore:The mixture collapsed")
+def test_choose_k_prints_the_table_and_writes_csv_and_plot(h5ad, tmp_path):
+    csv, png = tmp_path / "k.csv", tmp_path / "k.png"
+    args = ["choose-k", str(h5ad), "--candidates", "2,3", "--held-out", "0.2"]
+    args += ["--max-epochs", "5", "--n-mc-samples", "5", "--out", str(csv), "--plot", str(png)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Chosen K =" in result.output
+    table = pd.read_csv(csv)
+    assert list(table["n_components"]) == [2, 3] and table["selected"].sum() == 1
+    assert png.stat().st_size > 0
+    bad = runner.invoke(app, ["choose-k", str(h5ad), "--candidates", "four"])
+    assert bad.exit_code == 2

@@ -10,6 +10,7 @@ from gmmvae import datasets, evaluation, metrics, pp
 from gmmvae import plotting as pl
 from gmmvae.errors import GMMVAEInputError, MissingKeyError, ModelExistsError, ModelNotFoundError
 from gmmvae.model import GMMVAE
+from gmmvae.selection import select_n_components
 
 try:
     __version__ = version("gmmvae")
@@ -27,4 +28,5 @@ __all__ = [
     "metrics",
     "pl",
     "pp",
+    "select_n_components",
 ]

@@ -1,4 +1,4 @@
-"""The ``gmmvae`` command: train, annotate, embed, demo."""
+"""The ``gmmvae`` command: train, choose-k, annotate, embed, generate, perturb, demo."""
 
 from __future__ import annotations
 
@@ -238,6 +238,87 @@ def _devices(value: str) -> int | str | list[int]:
 def _is_main_process() -> bool:
     """Rank 0 of a torchrun/SLURM launch (or a plain run) writes the outputs."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def _candidates(text: str) -> list[int]:
+    """'4-12' -> 4..12, '4,6,8' -> [4, 6, 8]."""
+    try:
+        if "-" in text and "," not in text:
+            low, high = (int(v) for v in text.split("-", 1))
+            return list(range(low, high + 1))
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give a range like 4-12 or a list like 4,6,8."
+        ) from None
+
+
+@app.command("choose-k")
+def choose_k(
+    data: Data,
+    candidates: Annotated[
+        str, typer.Option(help="Numbers of components to try: a range (4-12) or a list (4,6,8).")
+    ] = "2-12",
+    batch_key: Annotated[
+        str | None, typer.Option(help="obs column with the technical batch.")
+    ] = None,
+    condition_key: Annotated[
+        str | None, typer.Option(help="obs column with the condition (treatment).")
+    ] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer with the counts (default: X).")] = None,
+    held_out: Annotated[
+        float, typer.Option(help="Share of cells scored by marginal likelihood, not trained on.")
+    ] = 0.1,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(help="Epoch cap of each candidate's training; default: the model's own."),
+    ] = None,
+    n_mc_samples: Annotated[int, typer.Option(help="Importance samples per held-out cell.")] = 50,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the table as CSV here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Save the held-out likelihood curve (PNG/PDF) here.")
+    ] = None,
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Choose the number of components for DATA by held-out marginal likelihood.
+
+    Trains one model per candidate K on the same cells and keeps the smallest K within one
+    standard error of the best held-out log p(x). Each candidate is a full training.
+    """
+    _quiet_lightning()
+    import gmmvae
+    from gmmvae.model import GMMVAE
+
+    with _user_errors():
+        for path in (out, plot):
+            if path is not None:
+                _check_output(path, force)
+        adata = _read(data)
+        GMMVAE.setup_anndata(adata, layer=layer, batch_key=batch_key, condition_key=condition_key)
+        train_kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
+        table = gmmvae.select_n_components(
+            adata,
+            _candidates(candidates),
+            held_out=held_out,
+            seed=seed,
+            n_mc_samples=n_mc_samples,
+            train_kwargs=train_kwargs,
+        )
+        if out is not None:
+            table.to_csv(out, index=False)
+        if plot is not None:
+            gmmvae.pl.n_components(table, save=str(plot))
+    shown = Table("K", "held-out log p(x)", "gap to best (SE)", "components used", "chosen")
+    for row in table.itertuples():
+        gap = f"{row.gap_to_best:.3f} ({row.gap_se:.3f})"
+        mark = "*" if row.selected else ""
+        used = str(row.n_occupied)
+        shown.add_row(str(row.n_components), f"{row.marginal_ll:.3f}", gap, used, mark)
+    console.print(shown)
+    console.print(f"Chosen K = {table.attrs['n_components']}.")
 
 
 @app.command()

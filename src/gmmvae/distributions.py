@@ -120,6 +120,11 @@ def kl_normal_normal(
     ).sum(-1)
 
 
+def normal_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(logvar)), diagonal, summed over the last axis (inputs broadcast)."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
 def sample_counts(likelihood: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """One draw from the observation model (counts; normal values for ``"gaussian"``).
 

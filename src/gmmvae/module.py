@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmmvae.distributions import kl_normal_normal, summed_log_likelihood
+from gmmvae.distributions import kl_normal_normal, normal_log_prob, summed_log_likelihood
 from gmmvae.nn import CovariateMLP, one_hot_covariates
 from gmmvae.options import Likelihood, Variant
 
@@ -180,6 +180,24 @@ class GMMVAEModule(nn.Module):
         """z ~ p(z|y) for the given component codes (B,)."""
         mean, logvar = self.component_prior()
         return reparameterise(mean[components], logvar[components])
+
+    #: Whether :meth:`log_prior_density` is available (False: p(z) needs latents it lacks).
+    has_marginal_likelihood = True
+
+    def log_prior_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = log sum_y pi_y N(z; mu_y, sigma_y^2) for z of shape (..., d); (...)."""
+        mean, logvar = self.component_prior()
+        per_component = normal_log_prob(z.unsqueeze(-2), mean, logvar)  # (..., K)
+        return torch.logsumexp(per_component + self.log_mixture_weights(), -1)
+
+    def sample_proposal(self, q: Terms, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_samples`` draws of z per cell from q(z|x) and their log-density; (B, S, d) and
+        (B, S). This default is for variants with one Gaussian q(z|x)."""
+        mean, logvar = q["z_mean"].unsqueeze(1), q["z_logvar"].unsqueeze(1)  # (B, 1, d)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(
+            (mean.shape[0], n_samples, mean.shape[-1]), device=mean.device, dtype=mean.dtype
+        )
+        return z, normal_log_prob(z, mean, logvar)
 
     # ---------------------------------------------------------------------------- generative
     def generative(

@@ -119,6 +119,23 @@ def history(
     return _finish(fig, save=save, show=show)
 
 
+def n_components(table: pd.DataFrame, *, show: bool = False, save: str | None = None) -> Figure:
+    """Held-out log p(x) per candidate K (``gmmvae.select_n_components``), +- one SE of the
+    difference to the best K; the chosen K is marked."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks, values = table["n_components"], table["marginal_ll"]
+    ax.errorbar(ks, values, yerr=table["gap_se"], marker="o", color="0.3", capsize=3)
+    chosen = table.attrs.get("n_components")
+    if chosen is not None:
+        ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen K = {chosen}")
+        ax.legend(frameon=False)
+    ax.set_xticks(list(ks))
+    ax.set_xlabel("number of components K")
+    ax.set_ylabel("held-out log p(x) per cell (nats)")
+    fig.tight_layout()
+    return _finish(fig, save=save, show=show)
+
+
 def synthetic_umap(
     real: AnnData,
     synthetic: AnnData,

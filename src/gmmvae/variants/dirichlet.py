@@ -30,6 +30,8 @@ class DirichletModule(GMMVAEModule):
     """Dirichlet-prior GMM-VAE with a w-latent emitting the component parameters."""
 
     assignment_input = "latent"
+    # p(z) integrates over w and d, which the importance sampler does not propose.
+    has_marginal_likelihood = False
 
     def __init__(self, config: ModuleConfig) -> None:
         super().__init__(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gmmvae.distributions import kl_normal_normal
+from gmmvae.distributions import kl_normal_normal, normal_log_prob
 from gmmvae.module import (
     GMMVAEModule,
     Minibatch,
@@ -57,6 +57,17 @@ class ExactModule(GMMVAEModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.arange(len(components), device=components.device)
         return q["z_mean"][rows, components], q["z_logvar"][rows, components]
+
+    def sample_proposal(self, q: Terms, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws from q(z|x) = sum_y q(y|x) q(z|x,y): y from q(y|x), then z; the density is
+        the whole mixture's (B, S)."""
+        log_q_y = torch.log_softmax(q["y_logits"], -1)  # (B, K)
+        y = torch.multinomial(log_q_y.exp(), n_samples, replacement=True)  # (B, S)
+        z = self._draw_z(q, y)  # (B, S, d)
+        per_component = normal_log_prob(
+            z.unsqueeze(-2), q["z_mean"].unsqueeze(1), q["z_logvar"].unsqueeze(1)
+        )  # (B, S, K)
+        return z, torch.logsumexp(per_component + log_q_y.unsqueeze(1), -1)
 
     # ---------------------------------------------------------------------------------- loss
     def pretrain_terms(self, mb: Minibatch, q: Terms, kl_weight: float):
