@@ -7,7 +7,7 @@ import pytest
 from scipy import sparse
 
 import gmmvae
-from gmmvae import GMMVAEInputError
+from gmmvae import GMMVAEInputError, generation
 
 FAST = {"progress_bar": False, "batch_size": 64}
 
@@ -122,3 +122,63 @@ def test_generation_survives_save_and_load(trained, tmp_path):
     np.testing.assert_array_equal(
         loaded.generate(40, seed=4).X.toarray(), model.generate(40, seed=4).X.toarray()
     )
+
+
+# ------------------------------------------------------------------ embedding Gaussians
+def test_embedding_summary_and_draws_match(trained):
+    model, adata = trained
+    summary = model.generation_summary
+    dim = model.config.n_latent + 1
+    assert len(summary["embedding_means"]) == model.config.n_components  # 3 types + 1 free
+    # The labelled types have cells; a component with fewer than 10 has no Gaussian (None).
+    means = np.array(summary["embedding_means"][:3])
+    covs = np.array(summary["embedding_covariances"][:3])
+    assert means.shape == (3, dim) and covs.shape == (3, dim, dim)
+    np.testing.assert_allclose(covs, covs.transpose(0, 2, 1), atol=1e-7)
+    assert (np.linalg.eigvalsh(covs) > 0).all()
+    # The stored log library mean is that of the type's cells.
+    lib = np.log(np.asarray(adata.X.sum(1)).ravel())
+    type_0 = adata.obs["cell_type"].to_numpy() == "type_0"
+    assert means[0, -1] == pytest.approx(lib[type_0].mean(), abs=0.1)
+    # The draws follow the stored Gaussian of their component (library jointly with z).
+    components = np.repeat([0, 2], 20_000)
+    z, log_lib, fitted = generation._embedding_draws(model, components, np.random.default_rng(0))
+    assert fitted.all() and z.shape == (40_000, dim - 1)
+    joint = np.column_stack([z, log_lib])
+    for k in (0, 2):
+        part = joint[components == k]
+        scale = np.sqrt(covs[k].diagonal())
+        np.testing.assert_allclose(part.mean(0), means[k], atol=0.05 * scale.max() + 1e-3)
+        np.testing.assert_allclose(
+            np.cov(part, rowvar=False), covs[k], atol=0.05 * np.abs(covs[k]).max()
+        )
+
+
+def test_embedding_cells_spread_less_than_prior_cells(trained):
+    """Encoded back, cells drawn from the embedding's Gaussian spread less within their type
+    than cells from p(z|y), which the KL term keeps broad."""
+    model, _ = trained
+    spreads = {}
+    for latent in ("embedding", "prior"):
+        synthetic = model.generate({"type_0": 300, "type_1": 300}, seed=2, latent=latent)
+        assert synthetic.uns["gmmvae"]["params"]["latent"] == latent
+        z = model.get_latent(synthetic)
+        labels = synthetic.obs["gmmvae_label"].astype(str).to_numpy()
+        spreads[latent] = np.mean([z[labels == t].var(0).sum() for t in ("type_0", "type_1")])
+    assert spreads["embedding"] < spreads["prior"]
+
+
+def test_models_saved_before_the_embedding_summary_fall_back_to_the_prior(trained):
+    model, _ = trained
+    saved = dict(model.generation_summary)
+    try:
+        del model.generation_summary["embedding_means"]
+        with pytest.warns(UserWarning, match="latent='prior'"):
+            old = model.generate(20, seed=0)
+        assert old.uns["gmmvae"]["params"]["latent"] == "prior"
+        prior = model.generate(20, seed=0, latent="prior")
+        np.testing.assert_array_equal(old.X.toarray(), prior.X.toarray())
+    finally:
+        model.generation_summary = saved
+    with pytest.raises(GMMVAEInputError, match="latent"):
+        model.generate(5, latent="posterior")

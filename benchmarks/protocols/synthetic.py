@@ -48,8 +48,10 @@ DESCRIPTION = (
     "and condition), as many cells as are held out. gmmvae: `GMMVAE.setup_anndata(train, "
     "labels_key='cell_type', condition_key='condition')` (every training cell labelled; no "
     "condition on Zheng), `GMMVAE(train, seed=seed).train(seed=seed)` with its defaults, then "
-    "`model.generate({type: n, ...}, condition=c, seed=...)`: y given, z ~ p(z|y), library "
-    "sizes drawn from the type's training cells, counts from the NB likelihood. scVI: "
+    "`model.generate({type: n, ...}, condition=c, seed=...)` at its default "
+    "`latent='embedding'`: y given, z and the library size drawn jointly from a Gaussian "
+    "fitted to the type's training cells (latent means, log library), counts from the NB "
+    "likelihood. scVI: "
     "`SCVI.setup_anndata(train, batch_key='condition')` (Kang; no batch on Zheng), `SCVI(train)`"
     " trained with its defaults (ZINB). *scVI posterior predictive*: "
     "`posterior_predictive_sample(indices=..., n_samples=1)` on n training cells of the type "
@@ -311,7 +313,7 @@ def options(ds, method: str, max_epochs) -> dict[str, Any]:
                 ds, max_epochs, labels_key=ds.labels_key, condition_key=condition_key(ds)
             ),
             **split,
-            "sampling": "model.generate, z ~ p(z|y), empirical library sizes",
+            "sampling": "model.generate (latent='embedding'), empirical library sizes",
         }
     if method in ("scvi_ppc", "scvi_prior"):
         sampling = {

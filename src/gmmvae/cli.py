@@ -16,9 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gmmvae.options import (
+    DEFAULT_GENERATION_LATENT,
     DEFAULT_LIKELIHOOD,
     DEFAULT_PERTURBATION_METHOD,
     DEFAULT_PLACEMENT,
+    GENERATION_LATENTS,
     LIKELIHOODS,
     PERTURBATION_METHODS,
     PLACEMENTS,
@@ -55,9 +57,11 @@ LikelihoodChoice = _choices("LikelihoodChoice", LIKELIHOODS)
 VariantChoice = _choices("VariantChoice", VARIANTS)
 PlacementChoice = _choices("PlacementChoice", PLACEMENTS)
 PerturbMethod = _choices("PerturbMethod", PERTURBATION_METHODS)
+LatentChoice = _choices("LatentChoice", GENERATION_LATENTS)
 DEFAULT_LIKELIHOOD_CHOICE = LikelihoodChoice(DEFAULT_LIKELIHOOD)
 DEFAULT_PLACEMENT_CHOICE = PlacementChoice(DEFAULT_PLACEMENT)
 DEFAULT_PERTURB_METHOD = PerturbMethod(DEFAULT_PERTURBATION_METHOD)
+DEFAULT_LATENT_CHOICE = LatentChoice(DEFAULT_GENERATION_LATENT)
 
 
 def _quiet_lightning() -> None:
@@ -392,8 +396,16 @@ def generate(
         str | None, typer.Option(help="Batch seen in training (default: training mix).")
     ] = None,
     library_size: Annotated[
-        str, typer.Option(help="'empirical' (training library sizes per type) or a number.")
+        str,
+        typer.Option(help="'empirical' (drawn with z from the type's cells) or a number."),
     ] = "empirical",
+    latent: Annotated[
+        LatentChoice,
+        typer.Option(
+            help="Where z comes from: embedding (a Gaussian fitted to the type's training "
+            "cells' latent means and library sizes) or prior (the learned p(z|y), broader)."
+        ),
+    ] = DEFAULT_LATENT_CHOICE,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
@@ -411,6 +423,7 @@ def generate(
             condition=condition,
             batch=batch,
             library_size=size,
+            latent=latent.value,
             seed=seed,
         )
         synthetic.write_h5ad(out)

@@ -8,11 +8,13 @@ model's interface (``_encode``, ``_sample_prior``, ``_decode``, ``_categories``,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 from scipy import sparse
 
@@ -20,7 +22,13 @@ from gmmvae._seed import seeded_rng
 from gmmvae.data import CellData
 from gmmvae.distributions import sample_counts
 from gmmvae.errors import GMMVAEInputError
-from gmmvae.options import DEFAULT_KEY
+from gmmvae.options import (
+    DEFAULT_GENERATION_LATENT,
+    DEFAULT_KEY,
+    GENERATION_LATENTS,
+    GenerationLatent,
+    check_choice,
+)
 
 if TYPE_CHECKING:
     from gmmvae.model import GMMVAE
@@ -28,19 +36,22 @@ if TYPE_CHECKING:
 _QUANTILES = np.linspace(0.0, 1.0, 101)
 _MIN_CELLS_PER_COMPONENT = 10  # fewer cells than this: use every cell's library sizes
 _CHUNK = 2048  # cells decoded at a time, so memory stays bounded
+_RIDGE = 1e-5
 
 
 def training_summary(model: GMMVAE, data: CellData) -> dict[str, Any]:
-    """Frequencies and log-library quantiles of the training cells, JSON-ready.
+    """Frequencies, log-library quantiles and the latent Gaussian of each component of the
+    training cells, JSON-ready.
 
     A cell's component is its label, or its most probable component when unlabelled.
     """
-    encoded = model._encode(data, ["component", "library"])
+    fields = ["component", "component_mean", "library"]
+    encoded = model._encode(data, fields)
     components, library = encoded["component"], encoded["library"]
     c = model.config
     log_lib = np.log(np.maximum(library, 1.0))
     per_component = []
-    for k in range(c.n_components):
+    for k in range(c.n_components):  # K quantile vectors, once after training
         cells = log_lib[components == k]
         source = cells if len(cells) >= _MIN_CELLS_PER_COMPONENT else log_lib
         per_component.append(np.quantile(source, _QUANTILES).round(5).tolist())
@@ -49,7 +60,36 @@ def training_summary(model: GMMVAE, data: CellData) -> dict[str, Any]:
         "condition_frequencies": _frequencies(data.conditions.numpy(), c.n_conditions),
         "batch_frequencies": _frequencies(data.batches.numpy(), c.n_batches),
         "log_library_quantiles": per_component,
+        **embedding_gaussians(encoded, log_lib, c.n_components),
     }
+
+
+def embedding_gaussians(
+    encoded: dict[str, np.ndarray], log_lib: np.ndarray, n_components: int
+) -> dict[str, list]:
+    """Per component, a Gaussian over (z, log library) fitted to its training cells.
+
+    z is each cell's posterior mean under its component, E[z | x, y]; the log library size is
+    appended so that both are drawn jointly (deeper cells sit elsewhere in the latent).
+    Stored: the joint mean and covariance (plus a small ridge). Components with fewer than
+    ``_MIN_CELLS_PER_COMPONENT`` cells get ``None`` (generation falls back to p(z|y)).
+    Measured against the full aggregate posterior (the same covariance plus the cells' mean
+    posterior variance) on an inner split of Kang's training cells (2 trainings): two-sample
+    AUC 0.643 here, 0.686 with the posterior variance, 0.690 from p(z|y).
+    """
+    out: dict[str, list] = {"embedding_means": [], "embedding_covariances": []}
+    components = encoded["component"]
+    for k in range(n_components):  # K small (d + 1)^2 covariances, once after training
+        rows = components == k
+        if rows.sum() < _MIN_CELLS_PER_COMPONENT:
+            out["embedding_means"].append(None)
+            out["embedding_covariances"].append(None)
+            continue
+        joint = np.column_stack([encoded["component_mean"][rows], log_lib[rows]]).astype(float)
+        cov = np.cov(joint, rowvar=False) + _RIDGE * np.eye(joint.shape[1])
+        out["embedding_means"].append(joint.mean(0).round(6).tolist())
+        out["embedding_covariances"].append(cov.round(8).tolist())
+    return out
 
 
 def _frequencies(codes: np.ndarray, n: int) -> list[float]:
@@ -139,6 +179,40 @@ def _library_sizes(
     return np.round(np.exp(log_lib))
 
 
+def _embedding_draws(
+    model: GMMVAE, components: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, log library) from each cell's component's Gaussian (:func:`embedding_gaussians`).
+
+    Returns z (n, d), log library (n,) and a mask of the cells whose component has such a
+    Gaussian (the others are to be drawn from p(z|y)).
+    """
+    summary = model.generation_summary
+    dim = model.config.n_latent + 1
+    fitted = np.array([m is not None for m in summary["embedding_means"]])
+    means = np.array([m if m is not None else np.zeros(dim) for m in summary["embedding_means"]])
+    covs = np.array([c if c is not None else np.eye(dim) for c in summary["embedding_covariances"]])
+    factors = np.linalg.cholesky(covs)  # (K, d + 1, d + 1)
+    noise = rng.standard_normal((len(components), dim))
+    joint = means[components] + np.einsum("nij,nj->ni", factors[components], noise)
+    return joint[:, :-1], joint[:, -1], fitted[components]
+
+
+def _uses_embedding(model: GMMVAE, latent: str) -> bool:
+    check_choice("latent", latent, GENERATION_LATENTS)
+    if latent == "prior":
+        return False
+    if model.generation_summary.get("embedding_means") is None:
+        warnings.warn(
+            "This model was saved before generation from the cells' embedding existed; "
+            "cells are drawn from p(z|y) (latent='prior'). Retrain to use latent='embedding'.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
 def generate(
     model: GMMVAE,
     n_cells: int | Mapping[str, int],
@@ -147,13 +221,22 @@ def generate(
     condition: str | None = None,
     batch: str | None = None,
     library_size: str | float = "empirical",
+    latent: GenerationLatent = DEFAULT_GENERATION_LATENT,
     seed: int = 0,
     key_added: str = DEFAULT_KEY,
 ) -> AnnData:
     """Synthetic cells sampled from the generative model.
 
-    Draws a component y (the requested type, or from the training composition), then
-    z ~ p(z|y), then counts from the likelihood given a library size.
+    Draws a component y (the requested type, or from the training composition), then z and
+    the library size, then counts from the likelihood.
+
+    With ``latent="embedding"`` (default) z and the log library size are drawn jointly from a
+    Gaussian fitted, after training, to the component's training cells: their posterior means
+    E[z | x, y] and their library sizes. ``latent="prior"`` draws z from the learned p(z|y)
+    instead, which the KL term keeps broader than the cells' embedding, so its cells are more
+    spread than real ones. On Kang cells (an inner split of the benchmark's training cells)
+    the embedding gave a classifier two-sample AUC of 0.643 against 0.690 for the prior; the
+    full aggregate posterior (the cells' posterior variance added) gave 0.686.
 
     Parameters
     ----------
@@ -165,8 +248,12 @@ def generate(
     condition, batch
         A condition / batch seen in training; default: drawn with training frequencies.
     library_size
-        ``"empirical"`` (drawn from the training library sizes of the cell's type) or a
-        fixed number of counts per cell.
+        ``"empirical"`` (drawn with z from the embedding's Gaussian, or for
+        ``latent="prior"`` from the training library sizes of the cell's type) or a fixed
+        number of counts per cell.
+    latent
+        ``"embedding"`` (a Gaussian fitted to the type's training cells) or ``"prior"``
+        (p(z|y)).
     seed
         Seed of every draw (local to the call).
     key_added
@@ -201,11 +288,20 @@ def generate(
     )
     gaussian = model.config.likelihood == "gaussian"
     library = np.ones(n) if gaussian else _library_sizes(model, components, library_size, rng)
+    embedding = _uses_embedding(model, latent)
+    if embedding:
+        z_cells, log_lib, fitted = _embedding_draws(model, components, rng)
+        if library_size == "empirical" and not gaussian:
+            library = np.where(fitted, np.round(np.exp(log_lib)).clip(min=1.0), library)
     chunks = []
     with seeded_rng(seed):
         for start in range(0, n, _CHUNK):
             part = slice(start, start + _CHUNK)
             z = model._sample_prior(components[part])
+            if embedding:
+                from_cells = torch.as_tensor(fitted[part], device=z.device).unsqueeze(-1)
+                drawn = torch.as_tensor(z_cells[part], dtype=z.dtype, device=z.device)
+                z = torch.where(from_cells, drawn, z)
             params = model._decode(z, library[part], conditions[part], batches[part])
             x = sample_counts(model.config.likelihood, params)
             chunks.append(x.cpu().numpy().astype(np.float32))
@@ -215,6 +311,7 @@ def generate(
         "condition": condition,
         "batch": batch,
         "library_size": library_size,
+        "latent": "embedding" if embedding else "prior",
         "seed": seed,
     }
     cells = {"component": components, "conditions": conditions, "batches": batches}

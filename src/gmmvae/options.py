@@ -9,18 +9,21 @@ Variant = Literal["exact", "shared", "dirichlet"]
 MixturePlacement = Literal["leiden", "kmeans"]
 PerturbationMethod = Literal["transfer", "latent_shift", "decoder"]
 ShiftWeighting = Literal["similarity", "uniform"]
+GenerationLatent = Literal["embedding", "prior"]
 
 LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 VARIANTS: tuple[str, ...] = get_args(Variant)
 PLACEMENTS: tuple[str, ...] = get_args(MixturePlacement)
 PERTURBATION_METHODS: tuple[str, ...] = get_args(PerturbationMethod)
 SHIFT_WEIGHTINGS: tuple[str, ...] = get_args(ShiftWeighting)
+GENERATION_LATENTS: tuple[str, ...] = get_args(GenerationLatent)
 
 DEFAULT_LIKELIHOOD: Likelihood = "nb"
 DEFAULT_VARIANT: Variant = "exact"
 DEFAULT_PLACEMENT: MixturePlacement = "leiden"
 DEFAULT_PERTURBATION_METHOD: PerturbationMethod = "transfer"
 DEFAULT_SHIFT_WEIGHTING: ShiftWeighting = "similarity"
+DEFAULT_GENERATION_LATENT: GenerationLatent = "embedding"
 DEFAULT_FREE_COMPONENTS = 1
 DEFAULT_KEY = "gmmvae"
 UNLABELED_CATEGORY = "Unknown"
