@@ -41,7 +41,7 @@ ALL_PROTOCOLS = (*PROTOCOLS, *LATER_PROTOCOLS)
 # Display names: methods.NAMES (hashed like protocols/__init__.py) and the protocols' own.
 NAMES = {
     **METHOD_NAMES,
-    **{k: v for p in ("integration", *LATER_PROTOCOLS) for k, v in module(p).NAMES.items()},
+    **{k: v for p in ALL_PROTOCOLS for k, v in getattr(module(p), "NAMES", {}).items()},
 }
 LEIDEN_LABELS = "kang"  # the dataset whose labels Leiden on PCA made
 # Condition-dependent protocols: their Kang rows are summarised apart (labels Leiden-made).
