@@ -60,6 +60,7 @@ PROTOCOL_FILES = {
     "integration": ("protocols/integration.py",),
     "de": ("protocols/de.py",),
     "choose_k": ("protocols/choose_k.py",),
+    "query_batch": ("protocols/query_batch.py",),
     "speed": ("protocols/speed.py", "protocols/speed_rows.py", "annbatch_worker.py"),
 }
 # gmmvae modules that peer rows also depend on.

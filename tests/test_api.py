@@ -82,6 +82,10 @@ def test_methods_take_data_first_then_keyword_only_options(name):
         assert names[0] == "n_cells"
         assert params[0].kind in POSITIONAL
         n_data = 1
+    elif name == "load_query_data":
+        # scvi-tools spelling: load_query_data(adata, reference_model).
+        assert names[:2] == ["adata", "reference_model"]
+        n_data = 2
     elif name == "to_device":
         # scvi-tools spelling: to_device(device); the model moves itself.
         assert names == ["device"]

@@ -470,9 +470,23 @@ def unknown_condition_at_query(tmp_path: Path) -> Act:
 
 
 def unknown_batch_at_query(tmp_path: Path) -> Act:
+    """Decoding needs the batch: a new one must be mapped first (load_query_data)."""
     model, query = _query()
     query.obs["batch"] = "batch_9"
-    return lambda: model.get_latent(query)
+    return lambda: model.get_normalized_expression(query)
+
+
+def unknown_batch_latent_and_labels(tmp_path: Path) -> Act:
+    """The encoder does not read the batch, so a new one needs no mapping for latents/labels."""
+    model, query = _query()
+    known = model.predict(query.copy()).to_numpy()
+    query.obs["batch"] = "batch_9"
+
+    def act() -> None:
+        probs, _ = _assert_outputs(model, query)
+        np.testing.assert_array_equal(probs, known)
+
+    return act
 
 
 def condition_column_missing_at_query(tmp_path: Path) -> Act:
@@ -820,7 +834,13 @@ CATALOGUE = [
         unknown_condition_at_query,
         Raises(ERR, r"\['interferon'\]; known ones are \['control', 'stimulated'\]"),
     ),
-    case(unknown_batch_at_query, Raises(ERR, r"\['batch_9'\]; known ones are \['batch_0', ")),
+    case(
+        unknown_batch_at_query,
+        Raises(
+            ERR, r"\['batch_9'\]; known ones are \['batch_0', .*load_query_data\(query, model\)"
+        ),
+    ),
+    case(unknown_batch_latent_and_labels, Works()),
     case(
         condition_column_missing_at_query,
         Raises(KEY, r"condition_key 'condition'.*Did you mean 'Condition'"),

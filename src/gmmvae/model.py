@@ -8,6 +8,7 @@ only the small interface in the "interface" section below). No tensor maths here
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from gmmvae import (
     likelihood,
     perturbation,
     pp,
+    query,
     registry,
     schedule,
 )
@@ -176,9 +178,15 @@ class GMMVAE:
         return self.registry[f"{role}_key"]
 
     def _cells(
-        self, adata: AnnData, *, labels: bool | str = False, conditions: np.ndarray | None = None
+        self,
+        adata: AnnData,
+        *,
+        labels: bool | str = False,
+        conditions: np.ndarray | None = None,
+        new_batches: bool = False,
     ) -> CellData:
-        """``adata`` as the model sees it (genes matched by name, values checked)."""
+        """``adata`` as the model sees it (genes matched by name, values checked); with
+        ``new_batches`` unknown batches pass as code -1 (encoder-only uses)."""
         counts = self.config.likelihood != "gaussian"
         return registry.cell_data(
             adata,
@@ -187,6 +195,7 @@ class GMMVAE:
             counts=counts,
             labels=labels,
             conditions=conditions,
+            new_batches=new_batches,
         )
 
     def _encode(self, data: CellData, fields, *, batch_size: int = 1024) -> dict[str, np.ndarray]:
@@ -312,7 +321,10 @@ class GMMVAE:
         schedule.check_train_options(
             batch_size, max_epochs, max_steps, mixture_placement, train_size
         )
-        data = self._cells(adata, labels=True)
+        is_query = self.is_query
+        # A query model (load_query_data) learns only its new batches under the reference's
+        # mixture: no pre-training, no placement, no warm-up, and the query's labels unused.
+        data = self._cells(adata, labels=not is_query)
         rng = np.random.default_rng(seed)
         keep = schedule.nonempty_cells(get_matrix(adata, self.registry["layer"]), adata.n_obs)
         split = schedule.split_cells(
@@ -326,38 +338,47 @@ class GMMVAE:
             steps_per_epoch=math.ceil(
                 len(loaders[0]) / world_size(accelerator, devices, **trainer_kwargs)
             ),
-            places_mixture=self.module.places_mixture,
+            places_mixture=self.module.places_mixture and not is_query,
             max_epochs=max_epochs,
             max_steps=max_steps,
             pretrain_steps=pretrain_steps,
-            warmup_steps=kl_warmup_steps,
+            warmup_steps=0 if is_query and kl_warmup_steps is None else kl_warmup_steps,
         )
-        fitted = schedule.fit_module(
-            self.module,
-            data,
-            split,
-            plan,
-            loaders,
-            seed=seed,
-            lr=lr,
-            placement=mixture_placement,
-            rng=rng,
-            label_weights=loaders[0].sampler.cell_weights,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            progress_bar=progress_bar,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            **trainer_kwargs,
-        )
+        frozen = query.FrozenReference(self) if is_query else contextlib.nullcontext()
+        with frozen:
+            fitted = self._fit(
+                data,
+                split,
+                plan,
+                loaders,
+                seed,
+                lr,
+                rng,
+                accelerator,
+                devices,
+                weight_decay=0.0 if is_query else None,
+                mixture_placement=mixture_placement,
+                early_stopping=early_stopping,
+                progress_bar=progress_bar,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                **trainer_kwargs,
+            )
         self.to_device(fitted.device)  # Lightning's teardown moves the module back to the CPU
         history = fitted.history
         self.history = pd.DataFrame(history).set_index("epoch") if history else pd.DataFrame()
         self.is_trained = True
-        self.generation_summary = generation.training_summary(self, data.subset(split.train))
+        train_cells = data.subset(split.train)
+        if is_query:  # the reference's components, summary and calibration stay as they were
+            calibration = {
+                k: self.train_params.get(k) for k in ("temperature", "n_calibration_cells")
+            }
+        else:
+            self.generation_summary = generation.training_summary(self, train_cells)
+            calibration = self._calibrate(data.subset(split.validation), enabled=calibrate)
         steps = int(history[-1]["step"]) if history else 0
+        reference = self.train_params.get("reference") if is_query else None
         self.train_params = {
             **schedule.describe(plan),
             "steps_run": steps,
@@ -369,10 +390,55 @@ class GMMVAE:
             "lr": lr,
             "n_train_cells": len(split.train),
             "mixture_placement": mixture_placement,
-            **self._calibrate(data.subset(split.validation), enabled=calibrate),
+            **calibration,
+            **({"reference": reference} if reference else {}),
         }
-        collapse.check_components(self, data.subset(split.train))
+        if not is_query:
+            collapse.check_components(self, train_cells)
         return self
+
+    def _fit(self, data, split, plan, loaders, seed, lr, rng, accelerator, devices, **options: Any):
+        """:func:`gmmvae.schedule.fit_module` with the model's module and label weights."""
+        placement = options.pop("mixture_placement")
+        return schedule.fit_module(
+            self.module,
+            data,
+            split,
+            plan,
+            loaders,
+            seed=seed,
+            lr=lr,
+            placement=placement,
+            rng=rng,
+            label_weights=loaders[0].sampler.cell_weights,
+            accelerator=accelerator,
+            devices=devices,
+            **options,
+        )
+
+    @property
+    def is_query(self) -> bool:
+        """Whether this model came from :meth:`load_query_data` (only new batches train)."""
+        return query.QUERY_KEY in self.registry
+
+    @classmethod
+    def load_query_data(cls, adata: AnnData, reference_model: GMMVAE) -> GMMVAE:
+        """Map cells of new batches onto a trained reference (scArches-style).
+
+        Returns a copy of ``reference_model`` on ``adata`` in which every batch the reference never
+        saw has its own decoder input weights; ``train()`` on it fits only those (latent,
+        q(y|x), components and every other weight stay frozen). The encoder does not read the
+        batch, so ``predict``/``get_latent`` give the reference's answers before and after;
+        the query training lets the model decode the new batches (normalised and
+        batch-corrected expression, DE, likelihoods). See :func:`gmmvae.query.load_query_data`.
+
+        Examples
+        --------
+        >>> query_model = GMMVAE.load_query_data(query, model)  # doctest: +SKIP
+        >>> query_model.train(max_epochs=100)  # doctest: +SKIP
+        >>> query_model.predict(query)  # doctest: +SKIP
+        """
+        return query.load_query_data(adata, reference_model)
 
     @property
     def device(self) -> torch.device:
@@ -406,7 +472,10 @@ class GMMVAE:
             raise GMMVAEInputError(f"batch_size must be a positive integer, got {batch_size}.")
         if adata.n_obs == 0:
             raise GMMVAEInputError("adata has no cells; pass at least one cell.")
-        return self._encode(self._cells(adata), [field], batch_size=batch_size)[field]
+        # The encoder does not read the batch: cells of a batch never seen in training map as
+        # they are (scVI's default, encode_covariates=False, behaves the same way).
+        data = self._cells(adata, new_batches=True)
+        return self._encode(data, [field], batch_size=batch_size)[field]
 
     def _record_params(self, adata: AnnData, key_added: str, **params: Any) -> None:
         entry = dict(adata.uns.get(key_added, {}))

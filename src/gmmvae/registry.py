@@ -112,6 +112,13 @@ def setup_anndata(
     adata.uns[REGISTRY_KEY] = {k: v for k, v in registry.items() if v is not None}
 
 
+NEW_BATCH_HINT = (
+    " Latents and labels of cells from a new batch need nothing more (the encoder does not "
+    "read the batch); to decode them (normalised expression, DE, likelihoods), map them first: "
+    "query_model = GMMVAE.load_query_data(query, model); query_model.train()."
+)
+
+
 def get_registry(adata: AnnData) -> dict[str, Any]:
     if REGISTRY_KEY not in adata.uns:
         raise GMMVAEInputError(
@@ -126,11 +133,19 @@ def get_registry(adata: AnnData) -> dict[str, Any]:
 
 
 def encode(
-    adata: AnnData, key: str | None, categories: Sequence[str], role: str, *, missing: str | None
+    adata: AnnData,
+    key: str | None,
+    categories: Sequence[str],
+    role: str,
+    *,
+    missing: str | None,
+    allow_unknown: bool = False,
+    hint: str = "",
 ) -> np.ndarray:
     """Integer codes of ``adata.obs[key]`` in ``categories``; ``missing`` maps to -1.
 
-    Values outside ``categories`` (other than ``missing``) raise an error listing the known ones.
+    Values outside ``categories`` (other than ``missing``) raise an error listing the known
+    ones (and ``hint``), or map to -1 with ``allow_unknown``.
     """
     if key is None:
         return np.zeros(adata.n_obs, dtype=np.int64)
@@ -140,13 +155,13 @@ def encode(
     if missing is not None:
         lookup[missing] = -1
     unknown = sorted(set(values) - set(lookup))
-    if unknown:
+    if unknown and not allow_unknown:
         msg = (
             f"obs[{key!r}] ({role}) has categories the model does not know: {unknown[:10]}; "
-            f"known ones are {list(categories)}."
+            f"known ones are {list(categories)}.{hint}"
         )
         raise GMMVAEInputError(msg)
-    return np.array([lookup[v] for v in values], dtype=np.int64)
+    return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
 
 
 def cell_data(
@@ -157,6 +172,7 @@ def cell_data(
     counts: bool,
     labels: bool | str = False,
     conditions: np.ndarray | None = None,
+    new_batches: bool = False,
 ) -> CellData:
     """The cells of ``adata`` as a model sees them: its genes in the model's order, checked
     values and integer codes of the registered labels, conditions and batches.
@@ -176,6 +192,10 @@ def cell_data(
         ``adata`` has it; ``False``: every cell unlabelled (-1).
     conditions
         Condition codes to use instead of the registered column (e.g. all ``source``).
+    new_batches
+        Let batches the model does not know through as code -1 (for the encoder, which does
+        not read the batch); otherwise they raise an error that names
+        :meth:`gmmvae.GMMVAE.load_query_data`.
     """
     matrix = get_matrix(adata, registry["layer"])
     gene_index = align_genes(adata, gene_names)
@@ -189,6 +209,12 @@ def cell_data(
         known = registry.get("conditions", [])
         conditions = encode(adata, registry["condition_key"], known, "condition_key", missing=None)
     batches = encode(
-        adata, registry["batch_key"], registry.get("batches", []), "batch_key", missing=None
+        adata,
+        registry["batch_key"],
+        registry.get("batches", []),
+        "batch_key",
+        missing=None,
+        allow_unknown=new_batches,
+        hint=NEW_BATCH_HINT,
     )
     return CellData(matrix, codes, conditions, batches, gene_index=gene_index)

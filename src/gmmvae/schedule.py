@@ -221,12 +221,14 @@ def fit_module(
     placement,
     rng: np.random.Generator,
     label_weights: tuple[float, float] = (1.0, 1.0),
+    weight_decay: float | None = None,
     **fit_options,
 ):
     """Train ``module`` on ``data`` as ``schedule`` says.
 
     ``fit_options`` go to :func:`gmmvae.training.fit` (early stopping, checkpoints, trainer
-    options). Randomness comes from ``seed`` (torch, inside a fork of its RNG) and ``rng``.
+    options); ``weight_decay`` overrides Adam's default (a query model trains without it).
+    Randomness comes from ``seed`` (torch, inside a fork of its RNG) and ``rng``.
 
     Returns
     -------
@@ -241,8 +243,13 @@ def fit_module(
     if schedule.pretrain_steps >= 0:
         cells = data.subset(placement_cells(split.train, rng))
         callbacks.append(MixtureInitialisation(cells, schedule.pretrain_steps, seed, placement))
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     plan = TrainingPlan(
-        module, lr=lr, kl_warmup_steps=schedule.warmup_steps, label_weights=label_weights
+        module,
+        lr=lr,
+        kl_warmup_steps=schedule.warmup_steps,
+        label_weights=label_weights,
+        **decay,
     )
     module.train()
     with seeded_rng(seed):

@@ -1,0 +1,153 @@
+"""Reference → query with a batch the reference never saw (scArches-style mapping).
+
+CellBench CEL-seq2: the reference is two plates (every label), the query the third plate, an
+unseen batch; seed s holds out plate ``sorted(plates)[s % 3]``, so the three seeds hold out
+each plate once. Scores on the query plate: accuracy, macro-F1, ECE.
+
+Methods, each at its defaults:
+
+- ``gmmvae``: gmmvae on the reference (``labels_key``, ``batch_key="plate"``), then
+  ``GMMVAE.load_query_data(query, model)`` and ``train()`` on the query (only the new plate's
+  decoder weights learn), ``predict(query)``; the row records the query ELBO per cell before
+  and after the query training;
+- ``gmmvae_with_plate``: the comparison the target names, a gmmvae trained on every cell with
+  the query plate's labels hidden (semi-supervised), predicting the query plate;
+- ``scanvi_query``: scVI → scANVI on the reference (``batch_key="plate"``), scArches
+  ``SCANVI.load_query_data`` and query training with ``weight_decay=0``;
+- ``celltypist`` and ``logreg`` (PCA(50) fitted on the reference): no batch input.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from benchmarks import methods
+from benchmarks.protocols import Result, Settings, Unit, classification_scores, single, timed
+
+NAME = "query_batch"
+TITLE = "Reference → query across an unseen batch (cellbench: one plate held out)"
+DATASETS = ("cellbench",)
+METHODS = ("gmmvae", "gmmvae_with_plate", "scanvi_query", "celltypist", "logreg")
+NAMES = {
+    "gmmvae_with_plate": "gmmvae trained with the plate (its labels hidden)",
+    "scanvi_query": "scANVI (scArches)",
+}
+TRAINED = ("gmmvae", "gmmvae_with_plate", "scanvi_query")
+METRICS = ("accuracy", "macro_f1", "ece")
+HEADLINE = "accuracy"
+LOWER_IS_BETTER = ("ece",)
+DESCRIPTION = (
+    "CellBench CEL-seq2 (542 strict cells, 5 cell lines by genotype, 3 plates). Seed s holds "
+    "out the plate sorted(plates)[s % 3] as the query (an unseen batch) and trains on the "
+    "other two with every label; scores on the held-out plate. gmmvae: `GMMVAE.setup_anndata("
+    "ref, labels_key='cell_line', batch_key='plate')`, defaults, then "
+    "`GMMVAE.load_query_data(query, model).train()` (only the new plate's decoder weights "
+    "learn; the encoder does not read the batch, so labels equal the reference model's) and "
+    "`predict(query)`; `extra.query_elbo_before/after` is the query ELBO per cell before and "
+    "after the query training. gmmvae trained with the plate: one model on all cells with the "
+    "query plate's labels set to `Unknown`. scANVI: scVI → `SCANVI.from_scvi_model` on the "
+    "reference, `SCANVI.load_query_data` and query training (defaults, `weight_decay=0`). "
+    "CellTypist and logistic regression (50 PCs fitted on the reference) read no batch."
+)
+
+
+def held_out_plate(ds, seed: int) -> str:
+    plates = sorted(ds.adata.obs[ds.batch_key].astype(str).unique())
+    return plates[seed % len(plates)]
+
+
+def task_name(plate: str) -> str:
+    return f"query plate {plate}"
+
+
+def _gmmvae_query(ds, ref_mask, query_mask, seed, max_epochs) -> tuple[Any, dict[str, Any]]:
+    import gmmvae
+
+    key = ds.labels_key
+    ref = ds.adata[ref_mask].copy()
+    ref.obs[key] = ref.obs[key].astype(str).astype("category")
+    model = methods.gmmvae_model(ref, ds, seed=seed, max_epochs=max_epochs, labels_key=key)
+    query = ds.adata[query_mask].copy()
+    mapped = gmmvae.GMMVAE.load_query_data(query, model)
+    before = mapped.get_elbo(query)
+    mapped.train(max_epochs, seed=seed, progress_bar=False)
+    extra = {
+        **methods.gmmvae_extra(model),
+        "query_epochs": int(mapped.train_params["epochs_run"]),
+        "query_elbo_before": float(before),
+        "query_elbo_after": float(mapped.get_elbo(query)),
+    }
+    return mapped.predict(query), extra
+
+
+def _gmmvae_with_plate(ds, query_mask, seed, max_epochs) -> tuple[Any, dict[str, Any]]:
+    key = ds.labels_key
+    adata = ds.adata.copy()
+    labels = adata.obs[key].astype(str).to_numpy().copy()
+    labels[query_mask] = methods.UNKNOWN
+    adata.obs[key] = labels
+    model = methods.gmmvae_model(adata, ds, seed=seed, max_epochs=max_epochs, labels_key=key)
+    probs = model.predict(model.adata[query_mask].copy())
+    return probs, methods.gmmvae_extra(model)
+
+
+def run(ds, seed: int, method: str, max_epochs: int | None, threads: int) -> Result:
+    plate = held_out_plate(ds, seed)
+    query_mask = (ds.adata.obs[ds.batch_key].astype(str) == plate).to_numpy()
+    truth = ds.truth.to_numpy()[query_mask]
+
+    def fn():
+        if method == "gmmvae":
+            probs, extra = _gmmvae_query(ds, ~query_mask, query_mask, seed, max_epochs)
+        elif method == "gmmvae_with_plate":
+            probs, extra = _gmmvae_with_plate(ds, query_mask, seed, max_epochs)
+        elif method == "scanvi_query":
+            key = ds.labels_key
+            ref = ds.adata[~query_mask].copy()
+            ref.obs[key] = ref.obs[key].astype(str).astype("category")
+            probs, epochs, size = methods.scanvi(
+                ref,
+                ds,
+                labels_key=key,
+                seed=seed,
+                threads=threads,
+                max_epochs=max_epochs,
+                query=ds.adata[query_mask].copy(),
+                surgery=True,
+                batch_key=ds.batch_key,
+            )
+            extra = {"epochs": sum(epochs.values()), "epochs_detail": epochs, "batch_size": size}
+        else:
+            probs, extra = methods.transfer(
+                ds, ~query_mask, query_mask, method, seed=seed, threads=threads
+            )
+        predicted, confidence = methods.top(probs)
+        extra = {k: v for k, v in extra.items() if k not in ("novel", "free")}
+        extra.update(
+            n_reference=int((~query_mask).sum()), n_query=int(query_mask.sum()), plate=plate
+        )
+        return classification_scores(truth, predicted, confidence), extra
+
+    return timed(fn)
+
+
+def options(ds, method: str, max_epochs: int | None) -> dict[str, Any]:
+    if method == "gmmvae":
+        return {**methods.gmmvae_options(ds, max_epochs), "mapping": "load_query_data"}
+    if method == "gmmvae_with_plate":
+        return {**methods.gmmvae_options(ds, max_epochs), "mapping": "trained with the plate"}
+    if method == "scanvi_query":
+        return {**methods.scvi_options(ds, max_epochs), "batch_key": ds.batch_key, "scarches": True}
+    return methods.transfer_options(ds, method, max_epochs, surgery=False)
+
+
+def units(ds, seed: int, settings: Settings) -> list[Unit]:
+    task = task_name(held_out_plate(ds, seed))
+    out = []
+    for method in (m for m in METHODS if m in settings.methods):
+        for max_epochs in settings.epochs if method in TRAINED else [None]:
+            fn = partial(run, ds, seed, method, max_epochs, settings.threads)
+            opts = {method: options(ds, method, max_epochs)}
+            out.append(Unit(ds.name, task, seed, opts, single(method, fn)))
+    return out
