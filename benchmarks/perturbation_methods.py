@@ -116,11 +116,21 @@ def predict_gmmvae(model, split: Split, config: str, seed: int) -> tuple[ad.AnnD
 
 
 def gmmvae_scores(split: Split, pred: ad.AnnData, *, sampled: bool = True) -> dict[str, float]:
-    """Scores of the predicted mean (``layers["gmmvae_log_mean"]``) and, with ``sampled``, of
-    the sampled counts (``log_cp10k(pred.X)``), the latter prefixed ``sampled_``."""
+    """Scores of the predicted mean (``layers["gmmvae_log_mean"]``), the share of the top
+    DEGs (and of all genes) whose real mean lies in the predicted 90 % interval
+    (``coverage_deg``, ``coverage``) and, with ``sampled``, of the sampled counts
+    (``log_cp10k(pred.X)``), the latter prefixed ``sampled_``."""
     from gmmvae.metrics import log_cp10k
 
     scores = split.score(np.asarray(pred.layers["gmmvae_log_mean"]))
+    if "gmmvae_mean_lower" in pred.var:  # does the 90 % interval hold the real mean?
+        degs = pd.Index(split.genes).get_indexer(split.degs)
+        real = split.real.mean(0)
+        lower = pred.var["gmmvae_mean_lower"].to_numpy()
+        upper = pred.var["gmmvae_mean_upper"].to_numpy()
+        inside = (real >= lower) & (real <= upper)
+        scores["coverage_deg"] = float(inside[degs].mean())
+        scores["coverage"] = float(inside.mean())
     if sampled:
         drawn = split.score(log_cp10k(pred.X))
         scores.update({f"sampled_{k}": v for k, v in drawn.items()})

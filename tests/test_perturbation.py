@@ -226,3 +226,66 @@ def test_cli_perturb(held_out, tmp_path):
     help_text = runner.invoke(app, ["perturb", "--help"]).output
     for option in ("--target", "--source", "--n-samples", "--seed", "--force", "--reference"):
         assert option in help_text
+
+
+def test_mean_interval(held_out):
+    """The per-gene interval of the predicted mean: ordered, around the prediction, seeded,
+    wider with a higher level, and absent on request."""
+    model, adata = held_out
+    control = _cells(adata, HELD_OUT, "control")
+    pred = model.predict_perturbation(control, seed=1, n_interval_draws=40)
+    lower, upper = pred.var["gmmvae_mean_lower"], pred.var["gmmvae_mean_upper"]
+    mean = pred.var["gmmvae_mean"].to_numpy()
+    np.testing.assert_allclose(mean, pred.layers["gmmvae_log_mean"].mean(0), rtol=1e-5)
+    assert (upper > lower).all()
+    assert ((mean >= lower) & (mean <= upper)).mean() > 0.7
+    again = model.predict_perturbation(control, seed=1, n_interval_draws=40)
+    np.testing.assert_array_equal(again.var["gmmvae_mean_upper"], upper)
+    wide = model.predict_perturbation(control, seed=1, n_interval_draws=40, interval=0.99)
+    assert (wide.var["gmmvae_mean_upper"] - wide.var["gmmvae_mean_lower"]).mean() > (
+        upper - lower
+    ).mean()
+    bare = model.predict_perturbation(control, seed=1, interval=None)
+    assert "gmmvae_mean_lower" not in bare.var
+    np.testing.assert_array_equal(bare.X.toarray(), pred.X.toarray())  # draws unchanged
+    with pytest.raises(GMMVAEInputError, match="interval must be in"):
+        model.predict_perturbation(control, interval=90)
+
+
+def test_any_source_to_any_target_of_three_conditions():
+    """Three conditions, type_0 never seen under condition_2: every source predicts it.
+
+    In this simulation each condition scales a shared response by a type's own strength, so
+    from condition_0 the held-out response is shared by all types (real responses correlate
+    ~0.9), while condition_1 -> condition_2 of type_0 runs against the other types' (~ -0.7):
+    there the model can only lend the donors' response, and that is what it must do.
+    """
+    adata = simulate(
+        900, 100, 3, n_conditions=3, seed=4, marker_log_fold=2.0, response_log_fold=3.0
+    )
+    types, cond = adata.obs["cell_type"], adata.obs["condition"]
+    train = adata[~((types == HELD_OUT) & (cond == "condition_2"))].copy()
+    gmmvae.GMMVAE.setup_anndata(train, labels_key="cell_type", condition_key="condition")
+    model = gmmvae.GMMVAE(train, n_hidden=64, seed=0).train(80, seed=0, **FAST)
+
+    def mean(cells):
+        return metrics.log_cp10k(cells.X).mean(0)
+
+    def predicted_shift(cell_type, source):
+        start = _cells(adata, cell_type, source)
+        pred = model.predict_perturbation(start, source=source, target="condition_2")
+        assert (pred.obs["condition"] == "condition_2").all()
+        return pred.layers["gmmvae_log_mean"].mean(0) - mean(start)
+
+    def real_shift(cell_type, source):
+        return mean(_cells(adata, cell_type, "condition_2")) - mean(
+            _cells(adata, cell_type, source)
+        )
+
+    shift = predicted_shift(HELD_OUT, "condition_0")
+    assert np.corrcoef(shift, real_shift(HELD_OUT, "condition_0"))[0, 1] > 0.7
+    donors = real_shift("type_1", "condition_1") + real_shift("type_2", "condition_1")
+    assert np.corrcoef(predicted_shift(HELD_OUT, "condition_1"), donors)[0, 1] > 0.5
+    # A type seen under both: its own condition_1 -> condition_2 response.
+    error = (predicted_shift("type_1", "condition_1") - real_shift("type_1", "condition_1")) ** 2
+    assert error.mean() < 0.5 * (real_shift("type_1", "condition_1") ** 2).mean()

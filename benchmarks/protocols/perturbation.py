@@ -68,6 +68,7 @@ METRICS = (
     "direction_accuracy_deg",
     "energy_distance",
     "sampled_energy_distance",
+    "coverage_deg",
 )
 HEADLINE = "mean_r2_deg"
 LOWER_IS_BETTER = ("energy_distance", "sampled_energy_distance")

@@ -462,12 +462,20 @@ def perturb(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the sampled counts.")] = 0,
+    interval: Annotated[
+        float,
+        typer.Option(
+            help="Level of the per-gene interval of the predicted mean expression, written to "
+            "var['gmmvae_mean_lower'/'gmmvae_mean_upper']; 0 skips it."
+        ),
+    ] = 0.9,
     force: Force = False,
 ) -> None:
     """Predict how CONTROL cells respond to a treatment (treatment-effect prediction).
 
     Writes sampled counts in X and layers['counts'], the predicted mean expression
-    (log1p CP10k) in layers['gmmvae_log_mean'], and obs['gmmvae_predicted'] = True.
+    (log1p CP10k) in layers['gmmvae_log_mean'], its mean over the cells with an interval in
+    var, and obs['gmmvae_predicted'] = True.
     """
     _quiet_lightning()
     from gmmvae.errors import GMMVAEInputError
@@ -491,6 +499,7 @@ def perturb(
             seed=seed,
             method=method.value,
             reference=ref,
+            interval=interval or None,
         )
         predicted.write_h5ad(out)
     console.print(

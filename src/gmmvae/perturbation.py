@@ -45,7 +45,14 @@ from gmmvae.options import (
     ShiftWeighting,
     check_choice,
 )
-from gmmvae.response import LOG_SCALE, decoder_responses, donor_weights, latent_shifts
+from gmmvae.response import (
+    LOG_SCALE,
+    bootstrap_responses,
+    bootstrap_shifts,
+    donor_cells,
+    donor_weights,
+    latent_shifts,
+)
 from gmmvae.validation import check_obs_key
 
 if TYPE_CHECKING:
@@ -173,6 +180,8 @@ def predict_perturbation(
     reference: AnnData | None = None,
     weighting: ShiftWeighting = DEFAULT_SHIFT_WEIGHTING,
     n_mc: int = 32,
+    interval: float | None = 0.9,
+    n_interval_draws: int = 100,
     batch_size: int = 1024,
     key_added: str = DEFAULT_KEY,
 ) -> AnnData:
@@ -213,6 +222,15 @@ def predict_perturbation(
         ``"uniform"``: every type weighs the same, as scGen's balanced mean.
     n_mc
         Draws per cell for the expected log1p-CP10k expression in the mean layer.
+    interval
+        Level of the per-gene interval for the predicted mean expression of these cells
+        (log1p CP10k; ``None`` skips it). Each of ``n_interval_draws`` draws resamples the
+        donor types' reference cells with replacement (the uncertainty of the response they
+        lend), draws every cell's z ~ q(z|x,y,c) and its counts, and averages the cells'
+        log1p CP10k; the interval is the draws' central quantiles. It is an interval for the
+        mean of as many cells as were given, so it includes their sampling noise.
+    n_interval_draws
+        Draws behind the interval.
     batch_size
         Cells encoded at a time.
     key_added
@@ -225,14 +243,22 @@ def predict_perturbation(
     ``X`` and no counts layer); ``layers[f"{key_added}_log_mean"]`` (dense float32), the
     predicted mean expression of each cell normalised like real cells (the expectation of
     log1p CP10k under the likelihood; the decoder's mean for a Gaussian model), the same
-    for every sample of a cell; ``obs`` copied from ``adata`` with the condition column set
+    for every sample of a cell; ``var[f"{key_added}_mean"]`` (the cells' mean of that layer)
+    and, with ``interval``, ``var[f"{key_added}_mean_lower"]`` and ``..._mean_upper``;
+    ``obs`` copied from ``adata`` with the condition column set
     to ``target``, ``obs[f"{key_added}_predicted"]`` (True) and
     ``obs[f"{key_added}_sample"]`` (int, 0-based draw); parameters and donor weights in
     ``uns[key_added]``. Names get ``-i`` suffixes when ``n_samples > 1``.
     """
     check_choice("method", method, PERTURBATION_METHODS)
     check_choice("weighting", weighting, SHIFT_WEIGHTINGS)
-    for name, value in (("n_samples", n_samples), ("n_mc", n_mc)):
+    if interval is not None and not 0.0 < float(interval) < 1.0:
+        raise GMMVAEInputError(f"interval must be in (0, 1) or None, got {interval!r}.")
+    for name, value in (
+        ("n_samples", n_samples),
+        ("n_mc", n_mc),
+        ("n_interval_draws", n_interval_draws),
+    ):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise GMMVAEInputError(f"{name} must be a positive integer, got {value!r}.")
     if not model.is_trained:
@@ -267,6 +293,10 @@ def predict_perturbation(
             )[1][0]
             for i in range(n_samples)
         ]
+        bounds = None
+        if interval is not None:
+            cells = (query, batches, condition)
+            bounds = _mean_interval(model, cells, move, float(interval), n_interval_draws, rng)
     params = {
         "source": str(source),
         "target": str(target),
@@ -275,14 +305,43 @@ def predict_perturbation(
         "method": method,
         "weighting": weighting if method != "decoder" else None,
         "n_mc": int(n_mc),
+        "interval": None if interval is None else float(interval),
+        "n_interval_draws": int(n_interval_draws) if interval is not None else None,
     }
-    return _as_anndata(model, adata, key_added, target, log_mean, draws, params, move["info"])
+    result = _as_anndata(model, adata, key_added, target, log_mean, draws, params, move["info"])
+    result.var[f"{key_added}_mean"] = log_mean.mean(0)
+    if bounds is not None:
+        result.var[f"{key_added}_mean_lower"], result.var[f"{key_added}_mean_upper"] = bounds
+    return result
+
+
+def _mean_interval(model, cells, move, level, n_draws, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Central ``level`` interval per gene of the cells' mean log1p CP10k (see
+    :func:`predict_perturbation`'s ``interval``): (lower, upper), each (G,)."""
+    query, batches, condition = cells
+    scale = np.exp(0.5 * query["logvar"])
+    means = []
+    for _ in range(n_draws):
+        z_mean, response = move["resample"](rng)
+        z = z_mean + scale * rng.standard_normal(z_mean.shape)
+        counts = _observe(
+            model, z, query["library"], condition, batches, response, n_draws=1, n_mc=0
+        )[1][0]
+        if model.config.likelihood == "gaussian":
+            means.append(counts.mean(0))
+            continue
+        total = np.maximum(counts.sum(1, keepdims=True), 1.0)
+        means.append(np.log1p(counts / total * LOG_SCALE).mean(0))
+    tail = (1.0 - level) / 2.0
+    lower, upper = np.quantile(np.stack(means), [tail, 1.0 - tail], axis=0)
+    return lower.astype(np.float32), upper.astype(np.float32)
 
 
 def _movement(model, query, method, weighting, reference, known, src, tgt, batch_size):
     """How the query's cells move to the target: the latent to decode, a response added on
     the log1p-CP10k scale (``transfer``) and the condition to decode under; donor info."""
     move = {"z_mean": query["mean"], "response": None, "condition": tgt, "info": {}}
+    move["resample"] = lambda rng: (query["mean"], None)  # nothing lent, nothing to resample
     if method == "decoder":
         return move
     reference = model.adata if reference is None else reference
@@ -307,12 +366,25 @@ def _movement(model, query, method, weighting, reference, known, src, tgt, batch
             names[k]: donors["weights"][k].round(4).tolist() for k in np.unique(query["component"])
         },
     }
+    comp = query["component"]
     if method == "latent_shift":
-        move["z_mean"] = query["mean"] + latent_shifts(donors)[query["component"]]
+        move["z_mean"] = query["mean"] + latent_shifts(donors)[comp]
+
+        def resample_shift(rng):
+            return query["mean"] + bootstrap_shifts(ref, ref_conditions, donors, src, rng)[
+                comp
+            ], None
+
+        move["resample"] = resample_shift
         return move
     # transfer: the donors' decoder response on top of the cell's own reconstruction
-    responses = decoder_responses(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
-    move.update(response=responses[query["component"]], condition=src)
+    cells = donor_cells(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
+    own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
+    move.update(response=(donors["weights"] @ own)[comp], condition=src)
+    move["resample"] = lambda rng: (
+        query["mean"],
+        bootstrap_responses(cells, donors["weights"], rng)[comp],
+    )
     return move
 
 

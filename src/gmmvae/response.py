@@ -111,17 +111,64 @@ def decoder_responses(
     responses; (K, G). The log1p scale (not log rho) lets a response switch on a gene that
     the receiving type barely expresses, as interferon-stimulated genes are switched on.
     """
+    cells = donor_cells(model, reference, reference_conditions, reference_batches, donors, source)
+    own = [treated.mean(0) - control.mean(0) for treated, control in cells]
+    return donors["weights"] @ np.stack(own)  # (K, G)
+
+
+def donor_cells(
+    model: GMMVAE,
+    reference: dict[str, np.ndarray],
+    reference_conditions: np.ndarray,
+    reference_batches: np.ndarray,
+    donors: dict[str, np.ndarray],
+    source: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per donor type, the decoded log1p(1e4 rho) of its target cells and of its source cells
+    ((n_target, G), (n_source, G)), each cell from its own posterior mean."""
     target = donors["target"]
-    own = []
+    out = []
     for k in donors["donors"]:
-        mean_log = []
+        pair = []
         for condition in (target, source):
             cells = (reference["component"] == k) & (reference_conditions == condition)
             z, lib = reference["mean"][cells], reference["library"][cells]
-            log1p = _decode_log1p(model, z, lib, condition, reference_batches[cells])
-            mean_log.append(log1p.mean(0))
-        own.append(mean_log[0] - mean_log[1])
-    return donors["weights"] @ np.stack(own)  # (K, G)
+            pair.append(_decode_log1p(model, z, lib, condition, reference_batches[cells]))
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def bootstrap_responses(
+    cells: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One bootstrap draw of :func:`decoder_responses`: each donor's treated and control
+    cells resampled with replacement; (K, G)."""
+    own = []
+    for treated, control in cells:
+        t = treated[rng.integers(0, len(treated), len(treated))]
+        c = control[rng.integers(0, len(control), len(control))]
+        own.append(t.mean(0) - c.mean(0))
+    return weights @ np.stack(own)
+
+
+def bootstrap_shifts(
+    reference: dict[str, np.ndarray],
+    reference_conditions: np.ndarray,
+    donors: dict[str, np.ndarray],
+    source: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One bootstrap draw of :func:`latent_shifts` (each donor's cells resampled); (K, d)."""
+    own = []
+    for k in donors["donors"]:
+        means = []
+        for condition in (donors["target"], source):
+            idx = np.flatnonzero(
+                (reference["component"] == k) & (reference_conditions == condition)
+            )
+            means.append(reference["mean"][rng.choice(idx, len(idx))].mean(0))
+        own.append(means[0] - means[1])
+    return donors["weights"] @ np.stack(own)
 
 
 # -------------------------------------------------------------------------------- decoding
