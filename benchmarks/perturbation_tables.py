@@ -37,6 +37,7 @@ HEADERS = {
     "direction_accuracy_deg": "direction",
     "energy_distance": "energy dist.",
     "sampled_energy_distance": "energy dist. (sampled)",
+    "coverage_deg": "90 % interval coverage, DEGs",
 }
 SAMPLED = (
     "mean_r2",
