@@ -140,18 +140,47 @@ def test_embedding_summary_and_draws_match(trained):
     lib = np.log(np.asarray(adata.X.sum(1)).ravel())
     type_0 = adata.obs["cell_type"].to_numpy() == "type_0"
     assert means[0, -1] == pytest.approx(lib[type_0].mean(), abs=0.1)
-    # The draws follow the stored Gaussian of their component (library jointly with z).
+    # Per (component, condition) Gaussians too: each condition's cells of type_0 have theirs.
+    by_condition = np.array(summary["embedding_condition_means"][0])
+    assert by_condition.shape == (2, dim)
+    condition = adata.obs["condition"].to_numpy()
+    for c, name in enumerate(model._categories("conditions")):
+        cells = type_0 & (condition == name)
+        assert by_condition[c, -1] == pytest.approx(lib[cells].mean(), abs=0.1)
+    # The draws follow the stored Gaussian of their (component, condition), library jointly.
     components = np.repeat([0, 2], 20_000)
-    z, log_lib, fitted = generation._embedding_draws(model, components, np.random.default_rng(0))
+    conditions = np.tile([0, 1], 20_000)
+    rng = np.random.default_rng(0)
+    z, log_lib, fitted = generation._embedding_draws(model, components, conditions, rng)
     assert fitted.all() and z.shape == (40_000, dim - 1)
     joint = np.column_stack([z, log_lib])
     for k in (0, 2):
-        part = joint[components == k]
-        scale = np.sqrt(covs[k].diagonal())
-        np.testing.assert_allclose(part.mean(0), means[k], atol=0.05 * scale.max() + 1e-3)
-        np.testing.assert_allclose(
-            np.cov(part, rowvar=False), covs[k], atol=0.05 * np.abs(covs[k]).max()
-        )
+        for c in (0, 1):
+            part = joint[(components == k) & (conditions == c)]
+            mean = np.array(summary["embedding_condition_means"][k][c])
+            cov = np.array(summary["embedding_condition_covariances"][k][c])
+            scale = np.sqrt(cov.diagonal())
+            np.testing.assert_allclose(part.mean(0), mean, atol=0.06 * scale.max() + 1e-3)
+            np.testing.assert_allclose(
+                np.cov(part, rowvar=False), cov, atol=0.06 * np.abs(cov).max()
+            )
+
+
+def test_a_condition_with_too_few_cells_uses_its_types_gaussian(trained):
+    model, _ = trained
+    summary = model.generation_summary
+    saved = [list(row) for row in summary["embedding_condition_means"]]
+    try:
+        summary["embedding_condition_means"][1][0] = None
+        means, covs, fitted = generation._stacked_gaussians(model)
+        np.testing.assert_allclose(means[1, 0], summary["embedding_means"][1])
+        np.testing.assert_allclose(covs[1, 0], summary["embedding_covariances"][1])
+        np.testing.assert_allclose(means[1, 1], summary["embedding_condition_means"][1][1])
+        assert fitted[1].all()
+        # the free component has no cells: not fitted, drawn from p(z|y)
+        assert not fitted[-1].any()
+    finally:
+        summary["embedding_condition_means"] = saved
 
 
 def test_embedding_cells_spread_less_than_prior_cells(trained):
@@ -182,3 +211,33 @@ def test_models_saved_before_the_embedding_summary_fall_back_to_the_prior(traine
         model.generation_summary = saved
     with pytest.raises(GMMVAEInputError, match="latent"):
         model.generate(5, latent="posterior")
+
+
+# ------------------------------------------------------------------ refitted dispersion
+def test_refitted_dispersion_matches_the_cells_zeros_better(trained):
+    """Cells drawn at posterior means with the learned theta (which also covers z ~ q(z|x))
+    carry more zeros than the real cells; the refitted theta brings them closer."""
+    model, adata = trained
+    summary = model.generation_summary
+    inverse = np.asarray(summary["embedding_inverse_dispersion"])
+    assert inverse.shape == (adata.n_vars,) and np.isfinite(inverse).all() and (inverse > 0).all()
+    real = (adata.X.toarray() if sparse.issparse(adata.X) else adata.X) == 0
+    plan = adata.obs["cell_type"].astype(str).value_counts().to_dict()
+    gaps = {}
+    saved = summary["embedding_inverse_dispersion"]
+    try:
+        for refit in (True, False):
+            summary["embedding_inverse_dispersion"] = saved if refit else None
+            fake = model.generate({t: 3 * n for t, n in plan.items()}, seed=5).X.toarray() == 0
+            gaps[refit] = abs(fake.mean() - real.mean())
+    finally:
+        summary["embedding_inverse_dispersion"] = saved
+    assert gaps[True] < gaps[False]
+
+
+def test_no_refitted_dispersion_without_one_to_refit():
+    adata = gmmvae.datasets.simulate(200, 30, 2, seed=0)
+    gmmvae.GMMVAE.setup_anndata(adata, labels_key="cell_type")
+    model = gmmvae.GMMVAE(adata, likelihood="poisson", seed=0).train(5, seed=0, **FAST)
+    assert model.generation_summary["embedding_inverse_dispersion"] is None
+    assert model.generate(10, seed=0).n_obs == 10
