@@ -10,12 +10,20 @@ sha256 of the code that can change its result:
   :data:`SHARED_MODULES`), so that a change to the model does not make scVI rerun, but a
   change to the shared Leiden or the metrics does.
 
-A unit is skipped only when a row with the same key and the same fingerprint exists; tables
-use, per key, the newest row whose fingerprint is current (:func:`current_rows`).
+Rows also carry a ``code_fingerprint``: the same files with their prose left out (each
+Python file as its syntax tree without docstrings and without the ``DESCRIPTION`` texts that
+tables print; comments and formatting are not in a syntax tree), so that editing a docstring,
+a comment or a table's description leaves rows current. Rows stored before it existed get
+theirs from git: the files at the row's commit, accepted only when their bytes give the
+row's ``fingerprint`` back (:func:`code_fingerprint_at`).
+
+A unit is skipped only when a row with the same key and a current fingerprint (either kind)
+exists; tables use, per key, the newest such row (:func:`current_rows`).
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
 import functools
 import hashlib
@@ -104,18 +112,161 @@ def package_dir() -> Path:
     return Path(spec.origin).parent
 
 
-@functools.cache
-def fingerprint(protocol: str, scope: Scope) -> str:
-    """sha256 of the contents (and relative names) of the code behind a row."""
+def _code_files(protocol: str, scope: Scope) -> dict[str, Path]:
+    """The files behind a row of ``protocol`` by ``scope``, by relative name."""
     files = bench_files(protocol)
     if scope == "gmmvae":
         files += _tree(package_dir())
     else:
         files += [f for name in SHARED_MODULES for f in _module_files(name)]
+    return {_relative(path): path for path in files}
+
+
+def _digest(contents: dict[str, bytes], *, prose: bool) -> str:
     digest = hashlib.sha256()
-    for path in sorted(set(files), key=_relative):
-        digest.update(_relative(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in sorted(contents):
+        body = contents[name] if prose else without_prose(name, contents[name])
+        digest.update(name.encode() + b"\0" + body + b"\0")
     return digest.hexdigest()
+
+
+@functools.cache
+def fingerprint(protocol: str, scope: Scope) -> str:
+    """sha256 of the contents (and relative names) of the code behind a row."""
+    files = _code_files(protocol, scope)
+    return _digest({name: path.read_bytes() for name, path in files.items()}, prose=True)
+
+
+@functools.cache
+def code_fingerprint(protocol: str, scope: Scope) -> str:
+    """:func:`fingerprint` of the same files with their prose left out (:func:`without_prose`)."""
+    files = _code_files(protocol, scope)
+    return _digest({name: path.read_bytes() for name, path in files.items()}, prose=False)
+
+
+def without_prose(name: str, source: bytes) -> bytes:
+    """A Python file's syntax tree without docstrings and ``*DESCRIPTION`` assignments, as
+    text; other files (and Python that does not parse) unchanged.
+
+    Neither can change a result: docstrings are only read by help(), and the descriptions
+    only by the tables.
+    """
+    if not name.endswith(".py"):
+        return source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [
+            stmt
+            for position, stmt in enumerate(body)
+            if not (position == 0 and _is_docstring(node, stmt)) and not _is_description(stmt)
+        ]
+        node.body = kept or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+def _is_docstring(node: ast.AST, stmt: ast.stmt) -> bool:
+    documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return (
+        isinstance(node, documented)
+        and isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _is_description(stmt: ast.stmt) -> bool:
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+    if isinstance(stmt, ast.AnnAssign):
+        targets = [stmt.target]
+    return bool(targets) and all(
+        isinstance(t, ast.Name) and t.id.endswith("DESCRIPTION") for t in targets
+    )
+
+
+@functools.cache
+def code_fingerprint_at(commit: str, protocol: str, scope: Scope, stored: str) -> str | None:
+    """:func:`code_fingerprint` of the files as they were at ``commit``, or None when those
+    files' bytes do not give the ``stored`` fingerprint back (or git cannot tell)."""
+    contents = _files_at(commit, protocol, scope)
+    if contents is None or _digest(contents, prose=True) != stored:
+        return None
+    return _digest(contents, prose=False)
+
+
+def _files_at(commit: str, protocol: str, scope: Scope) -> dict[str, bytes] | None:
+    """Relative name -> bytes of the files behind a row, read from git at ``commit``."""
+    names = [f"benchmarks/{name}" for name in (*BENCH_CODE, *PROTOCOL_FILES[protocol])]
+    package = _git("ls-tree", "-r", "--name-only", commit, "--", "src/gmmvae")
+    if package is None:
+        return None
+    in_package = [line.removeprefix("src/") for line in package.splitlines()]
+    if scope == "gmmvae":
+        names += in_package
+    else:
+        for module in SHARED_MODULES:
+            stem = module.replace(".", "/")
+            names += [n for n in in_package if n == f"{stem}.py" or n.startswith(f"{stem}/")]
+    paths = [name if name.startswith("benchmarks/") else f"src/{name}" for name in names]
+    blobs = _blobs_at(commit, paths)
+    if blobs is None:
+        return None
+    contents = {}
+    for name, blob in zip(names, blobs, strict=True):
+        if blob is None:
+            if name.startswith("benchmarks/"):
+                continue  # a protocol file added later; the row's fingerprint decides
+            return None
+        contents[name] = blob
+    return contents
+
+
+def _blobs_at(commit: str, paths: list[str]) -> list[bytes | None] | None:
+    """Contents of ``paths`` at ``commit`` (None for a path not there), read by one
+    ``git cat-file --batch``; None if git fails."""
+    query = "".join(f"{commit}:{path}\n" for path in paths).encode()
+    try:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "cat-file", "--batch"],
+            cwd=REPO,
+            input=query,
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    blobs: list[bytes | None] = []
+    position = 0
+    for _ in paths:
+        end = out.index(b"\n", position)
+        header = out[position:end].split()
+        position = end + 1
+        if len(header) != 3:  # "<name> missing"
+            blobs.append(None)
+            continue
+        size = int(header[2])
+        blobs.append(out[position : position + size])
+        position += size + 1
+    return blobs
+
+
+def is_current(row: dict[str, Any], protocol: str) -> bool:
+    """Whether the code behind ``row`` is the code here now, prose aside."""
+    scope = row.get("scope", "gmmvae")
+    stored = row.get("fingerprint")
+    if stored is None:
+        return False
+    if stored == fingerprint(protocol, scope):
+        return True
+    code = row.get("code_fingerprint")
+    if code is None and not row.get("dirty", True) and row.get("commit"):
+        code = code_fingerprint_at(row["commit"], protocol, scope, stored)
+    return code is not None and code == code_fingerprint(protocol, scope)
 
 
 def _relative(path: Path) -> str:
@@ -201,6 +352,7 @@ def provenance(protocol: str, scope: Scope) -> dict[str, Any]:
     return {
         **code_state(),
         "fingerprint": fingerprint(protocol, scope),
+        "code_fingerprint": code_fingerprint(protocol, scope),
         "scope": scope,
         "versions": versions(),
         "machine": machine(),
@@ -238,13 +390,14 @@ class Store:
         return rows
 
     def has(self, key: dict[str, Any], fingerprint: str, *, retry_errors: bool) -> bool:
-        """Whether a row with this key and fingerprint exists (error rows count unless
-        ``retry_errors``)."""
+        """Whether a row with this key exists whose code is current: ``fingerprint`` (the
+        current one, from the runner) or :func:`is_current`. Error rows count unless
+        ``retry_errors``."""
         wanted = row_key(key)
         return any(
             row_key(r) == wanted
-            and r.get("fingerprint") == fingerprint
             and not (retry_errors and "error" in r)
+            and (r.get("fingerprint") == fingerprint or is_current(r, self.protocol))
             for r in self.rows()
         )
 
@@ -268,7 +421,7 @@ def _jsonable(value: Any) -> Any:
 def current_rows(
     rows: list[dict[str, Any]], protocol: str, *, include_stale: bool = False
 ) -> list[dict[str, Any]]:
-    """Per key, the newest row whose fingerprint is current for its scope.
+    """Per key, the newest row whose code is current for its scope (:func:`is_current`).
 
     With ``include_stale``, keys that have no current row keep their newest stale row, with
     ``stale=True``. Rows without a fingerprint (made before provenance) are stale.
@@ -276,9 +429,7 @@ def current_rows(
     current: dict[tuple, dict[str, Any]] = {}
     stale: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        scope = row.get("scope", "gmmvae")
-        is_current = row.get("fingerprint") == fingerprint(protocol, scope)
-        (current if is_current else stale)[row_key(row)] = row
+        (current if is_current(row, protocol) else stale)[row_key(row)] = row
     out = [{**r, "stale": False} for r in current.values()]
     if include_stale:
         out += [{**r, "stale": True} for k, r in stale.items() if k not in current]

@@ -1,0 +1,76 @@
+"""The benchmark rows' bookkeeping: which code changes make a stored row stale."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from benchmarks import store
+
+SOURCE = textwrap.dedent(
+    '''
+    """Module docstring."""
+    DESCRIPTION = "what the table says"
+    TASK_DESCRIPTION: str = "more of it"
+    N = 3  # a comment
+
+
+    def f(x):
+        """Function docstring."""
+        return x * N
+
+
+    class C:
+        """Class docstring."""
+
+        def g(self):
+            """Only a docstring."""
+    '''
+).encode()
+
+
+def test_prose_does_not_count_but_code_does():
+    base = store.without_prose("m.py", SOURCE)
+    reworded = (
+        SOURCE.replace(b"Module docstring", b"Other words")
+        .replace(b"what the table says", b"new wording")
+        .replace(b"# a comment", b"# another")
+        .replace(b"Only a docstring.", b"Still only prose.")
+    )
+    assert store.without_prose("m.py", reworded) == base
+    assert store.without_prose("m.py", SOURCE.replace(b"x * N", b"x + N")) != base
+    assert store.without_prose("m.py", SOURCE.replace(b"N = 3", b"N = 4")) != base
+    # a string that is not a docstring is code
+    code_string = SOURCE.replace(b"return x * N", b'"not a docstring"\n    return x * N')
+    assert store.without_prose("m.py", code_string) != base
+    # other files count byte for byte
+    assert store.without_prose("m.txt", b"a") == b"a"
+
+
+@pytest.fixture
+def fingerprints(monkeypatch):
+    monkeypatch.setattr(store, "fingerprint", lambda protocol, scope: "bytes-now")
+    monkeypatch.setattr(store, "code_fingerprint", lambda protocol, scope: "code-now")
+
+
+def test_a_row_is_current_when_its_bytes_or_its_code_match(fingerprints):
+    row = {"scope": "peer", "fingerprint": "bytes-now", "dirty": True}
+    assert store.is_current(row, "clustering")
+    assert store.is_current({**row, "fingerprint": "old", "code_fingerprint": "code-now"}, "x")
+    assert not store.is_current({**row, "fingerprint": "old", "code_fingerprint": "old"}, "x")
+    assert not store.is_current({"scope": "peer"}, "clustering")  # made before provenance
+    # a dirty row without a code fingerprint cannot be traced to a commit
+    assert not store.is_current({**row, "fingerprint": "old"}, "clustering")
+
+
+def test_old_rows_get_their_code_fingerprint_from_git_only_if_their_bytes_match():
+    head = store._git("rev-parse", "--short", "HEAD")
+    if head is None:
+        pytest.skip("not a git checkout")
+    assert store.code_fingerprint_at(head, "clustering", "peer", "not-the-bytes") is None
+    if store.code_state()["dirty"]:
+        pytest.skip("src/ or benchmarks/ differ from HEAD, so HEAD's files are not these")
+    stored = store.fingerprint("clustering", "peer")
+    assert store.code_fingerprint_at(head, "clustering", "peer", stored) == (
+        store.code_fingerprint("clustering", "peer")
+    )
