@@ -291,7 +291,9 @@ def summary(frame: pd.DataFrame) -> tuple[list[str], dict[str, int]]:
     """gmmvae nested against scGen and the baselines on the headline, per main type."""
     if frame.empty:
         return [], {}
-    ok = _outer(frame[frame["error"].isna() & frame["default"]])
+    ok = frame[frame["error"].isna() & frame["default"]]
+    stale = set(ok.loc[ok["stale"], "method"])  # the report's summary keeps stale rows
+    ok = _outer(ok.assign(stale=False))
     main = [t for t in proto.MAIN_TYPES if t in set(ok["type"])]
     if not main or not (ok["method"] == proto.NESTED).any():
         return [], {}
@@ -307,6 +309,8 @@ def summary(frame: pd.DataFrame) -> tuple[list[str], dict[str, int]]:
                 report.stats(_values(group, proto.HEADLINE, t, main)),
             )
             if not verdict.startswith("no call") and len(group):
+                verdict += report.OLDER if stale & {proto.NESTED, peer} else ""
                 tally[verdict] = tally.get(verdict, 0) + 1
-    title = f"**{proto.TITLE}: {HEADERS[proto.HEADLINE]} (gmmvae = gmmvae nested)**"
+    older = f" ({report.OLDER.strip()}: rows of older code)" if stale else ""
+    title = f"**{proto.TITLE}: {HEADERS[proto.HEADLINE]} (gmmvae = gmmvae nested){older}**"
     return ["", title, "", table], tally

@@ -311,6 +311,9 @@ def _failures(frame: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- summary
+OLDER = " †"  # marks summary values from rows made by older code
+
+
 def _summary_table(frame: pd.DataFrame, proto, peers: list[str]) -> tuple[list[str], dict]:
     """Lines of one summary table and the count of each verdict in it."""
     head, lower = proto.HEADLINE, proto.HEADLINE in proto.LOWER_IS_BETTER
@@ -321,17 +324,20 @@ def _summary_table(frame: pd.DataFrame, proto, peers: list[str]) -> tuple[list[s
     ]
     tally: dict[str, int] = {}
     for (ds, task), part in frame.groupby(["dataset", "task"], sort=False):
-        ours = stats(part.loc[part["label"] == NAMES["gmmvae"], head])
-        cells = [ds, task or "–", fmt(*ours)]
+        mine = part[part["label"] == NAMES["gmmvae"]]
+        ours, our_mark = stats(mine[head]), OLDER if mine["stale"].any() else ""
+        cells = [ds, task or "–", fmt(*ours) + our_mark]
         for name in names:
-            theirs = stats(part.loc[part["label"] == name, head])
+            group = part[part["label"] == name]
+            theirs, mark = stats(group[head]), OLDER if group["stale"].any() else ""
             if not (theirs[2] and ours[2]):
-                cells.append(fmt(*theirs))
+                cells.append(fmt(*theirs) + mark)
                 continue
             verdict = call(ours, theirs, lower_is_better=lower)
-            tally[verdict] = tally.get(verdict, 0) + 1
             no_call = verdict.startswith("no call")
-            cells.append(fmt(*theirs) if no_call else f"{fmt(*theirs)} · {verdict}")
+            counted = verdict + (OLDER if (our_mark or mark) and not no_call else "")
+            tally[counted] = tally.get(counted, 0) + 1
+            cells.append(fmt(*theirs) + mark if no_call else f"{fmt(*theirs)}{mark} · {verdict}")
         lines.append("| " + " | ".join(cells) + " |")
     return _drop_constant(lines, {"task": "–"}), tally
 
@@ -343,22 +349,25 @@ def summary(*, quick: bool = False) -> str:
         "",
         "Mean ± sd over seeds of each protocol's headline metric (the tables below have the "
         "rest). Each peer cell says how gmmvae compares: *tie* when the difference is within "
-        "one sd (the larger of the two), else *gmmvae wins* or *gmmvae loses*. Only rows whose "
-        "code is current; capped-epoch rows and gmmvae latent + Leiden are left out here.",
+        "one sd (the larger of the two), else *gmmvae wins* or *gmmvae loses*. A value marked "
+        f"{OLDER.strip()} comes (in part) from rows whose code has changed since they were made "
+        "(the tables below mark them [stale] and say at which commit): the newest row per "
+        "seed is used until a rerun replaces it, and its verdicts are counted apart. "
+        "Capped-epoch rows and gmmvae latent + Leiden are left out here.",
     ]
     if quick:
         text.insert(2, "**QUICK smoke rows: tiny subsamples and 3 epochs; not results.**\n")
     total: dict[str, int] = {}
     for protocol in ALL_PROTOCOLS:
         proto = module(protocol)
-        frame = load(protocol, quick=quick)
+        frame = _newest_defaults(load(protocol, quick=quick, include_stale=True))
         if hasattr(proto, "summary"):  # a summary table of its own (perturbation)
             lines, tally = proto.summary(frame)
             text += lines
             total.update({k: total.get(k, 0) + v for k, v in tally.items()})
             continue
         if not frame.empty:
-            frame = frame[frame["error"].isna() & frame["default"]]
+            frame = frame[frame["error"].isna()]
             if getattr(proto, "SUMMARY_TASKS", None) is not None:  # synthetic: pooled only
                 frame = frame[frame["task"].isin(proto.SUMMARY_TASKS)]
         summarised = getattr(proto, "SUMMARY_PEERS", proto.METHODS)  # speed: none
@@ -375,6 +384,17 @@ def summary(*, quick: bool = False) -> str:
         return "\n".join([*text, "", "(no current rows yet)"])
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(total.items()))
     return "\n".join([*text, "", f"All comparisons above: {counts}."])
+
+
+def _newest_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows at each method's defaults, stale ones included (``stale`` says which), under
+    their plain names, so that the summary still compares while a table is being rerun."""
+    if frame.empty:
+        return frame
+    frame = frame[frame["cap"] == -1].copy()
+    frame["label"] = frame["label"].str.removesuffix(" [stale]")
+    frame["default"] = True
+    return frame
 
 
 def _summary_parts(protocol: str, frame: pd.DataFrame):
