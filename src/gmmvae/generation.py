@@ -1,8 +1,9 @@
 """Synthetic cells from a trained model: composition and library sizes, then z | y, then x | z.
 
 ``training_summary`` records what generation needs from the training data (component
-frequencies, library-size quantiles per component, condition and batch frequencies) so that a
-saved model generates without the data. ``generate`` samples cells from it. Both use only the
+frequencies, library-size quantiles per component, condition and batch frequencies, the
+(z, log library) Gaussians per component and per component and condition, a dispersion
+refitted at the cells' latent means) so that a saved model generates without the data. ``generate`` samples cells from it. Both use only the
 model's interface (``_encode``, ``_sample_prior``, ``_decode``, ``_categories``, ``_obs_key``).
 """
 
