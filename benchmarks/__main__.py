@@ -48,7 +48,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny smoke run, rows in results/quick/"
     )
     parser.add_argument("--render-only", action="store_true", help="render from stored rows")
-    parser.add_argument("--include-stale", action="store_true", help="show stale rows, marked")
+    parser.add_argument(
+        "--current-only",
+        dest="include_stale",
+        action="store_false",
+        help="tables without the stale rows (by default they are shown, marked [stale])",
+    )
+    # what --current-only turns off is the default now; the old flag is still accepted
+    parser.add_argument(
+        "--include-stale", dest="_old_flag", action="store_true", help=argparse.SUPPRESS
+    )
     parser.add_argument("--allow-dirty", action="store_true", help="write rows from a dirty tree")
     parser.add_argument("--retry-errors", action="store_true", help="rerun units that failed")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")

@@ -69,7 +69,7 @@ def label(method: str, cap: int | None) -> str:
     return name if cap is None else f"{name} ({cap} epochs)"
 
 
-def load(protocol: str, *, quick: bool = False, include_stale: bool = False) -> pd.DataFrame:
+def load(protocol: str, *, quick: bool = False, include_stale: bool = True) -> pd.DataFrame:
     """The current rows of a protocol, flattened (scores as columns)."""
     rows = store.current_rows(
         store.Store(protocol, quick=quick).rows(), protocol, include_stale=include_stale
@@ -236,15 +236,18 @@ def provenance_lines(frame: pd.DataFrame, quick: bool) -> list[str]:
     if frame["made_by"].str.contains("dirty").any():
         lines.append("Rows marked (dirty) ran with uncommitted changes in src/ or benchmarks/.")
     if frame["stale"].any():
+        commits = sorted(set(frame.loc[frame["stale"], "made_by"]))
         lines.append(
-            "Rows marked [stale] were made by code that has changed since (`--include-stale`)."
+            "Rows marked [stale] were made by code that has changed since (at "
+            + ", ".join(commits)
+            + "); they stay until a rerun replaces them (`--current-only` hides them)."
         )
     if quick:
         lines.insert(0, "**QUICK smoke rows: tiny subsamples and 3 epochs; not results.**")
     return lines
 
 
-def section(protocol: str, *, quick: bool = False, include_stale: bool = False) -> str:
+def section(protocol: str, *, quick: bool = False, include_stale: bool = True) -> str:
     """The BENCHMARKS.md section of one protocol."""
     proto = module(protocol)
     frame = load(protocol, quick=quick, include_stale=include_stale)
@@ -383,7 +386,33 @@ def summary(*, quick: bool = False) -> str:
     if not total:
         return "\n".join([*text, "", "(no current rows yet)"])
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(total.items()))
-    return "\n".join([*text, "", f"All comparisons above: {counts}."])
+    return "\n".join([*text, "", f"All comparisons above: {counts}.", "", *freshness(quick)])
+
+
+def freshness(quick: bool = False) -> list[str]:
+    """Per protocol: rows at the current code, rows whose code changed since, and the hours
+    their own ``seconds`` add up to (what a rerun of the stale ones costs, on their machine)."""
+    lines = [
+        "**Freshness of the rows** (newest row per key; `python -m benchmarks PROTOCOL` reruns "
+        "just the stale ones)",
+        "",
+        "| protocol | current | stale | stale gmmvae / peer | hours to rerun the stale |",
+        "|---|---|---|---|---|",
+    ]
+    for protocol in ALL_PROTOCOLS:
+        rows = store.Store(protocol, quick=quick).rows()
+        newest = store.current_rows(rows, protocol, include_stale=True)
+        if not newest:
+            lines.append(f"| {protocol} | 0 | 0 | – | never run |")
+            continue
+        stale = [r for r in newest if r["stale"]]
+        ours = sum(r.get("scope", "gmmvae") == "gmmvae" for r in stale)
+        hours = sum(float(r.get("seconds") or 0.0) for r in stale) / 3600
+        lines.append(
+            f"| {protocol} | {len(newest) - len(stale)} | {len(stale)} | "
+            f"{ours} / {len(stale) - ours} | {hours:.2f} |"
+        )
+    return lines
 
 
 def _newest_defaults(frame: pd.DataFrame) -> pd.DataFrame:
@@ -463,7 +492,7 @@ def write_section(marker: str, text: str, path: Path = BENCHMARKS_MD) -> None:
     path.write_text(doc)
 
 
-def render(protocols: list[str], *, quick: bool = False, include_stale: bool = False) -> Path:
+def render(protocols: list[str], *, quick: bool = False, include_stale: bool = True) -> Path:
     """Render the sections of ``protocols`` and the summary; quick ones to results/quick/."""
     path = QUICK_RESULTS / "BENCHMARKS.md" if quick else BENCHMARKS_MD
     for protocol in protocols:

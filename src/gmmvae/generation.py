@@ -3,8 +3,9 @@
 ``training_summary`` records what generation needs from the training data (component
 frequencies, library-size quantiles per component, condition and batch frequencies, the
 (z, log library) Gaussians per component and per component and condition, a dispersion
-refitted at the cells' latent means) so that a saved model generates without the data. ``generate`` samples cells from it. Both use only the
-model's interface (``_encode``, ``_sample_prior``, ``_decode``, ``_categories``, ``_obs_key``).
+refitted at the cells' latent means) so that a saved model generates without the data.
+``generate`` samples cells from it. Both use only the model's interface (``_encode``,
+``_sample_prior``, ``_decode``, ``_categories``, ``_obs_key``).
 """
 
 from __future__ import annotations
