@@ -51,9 +51,10 @@ def main() -> None:
 
 def score_variants(ds, seed: int) -> list[str]:
     from benchmarks import methods
+    from benchmarks.experiments._scoring import generated_auc
     from benchmarks.protocols import stratified_split
     from benchmarks.protocols import synthetic as protocol
-    from gmmvae import evaluation, metrics
+    from gmmvae import metrics
 
     outer = protocol.held_out_mask(ds, seed)
     train = ds.adata[~outer].copy()
@@ -73,19 +74,10 @@ def score_variants(ds, seed: int) -> list[str]:
     for variant in VARIANTS:
         model.generation_summary = summary_for(variant, fitted)
         for rep in (0, 1):
-            parts, labels = [], []
-            for i, (cond, plan) in enumerate(plans.items()):
-                latent = "prior" if variant == "prior" else "embedding"
-                cells = model.generate(plan, condition=cond, seed=1000 * rep + i, latent=latent)
-                parts.append(cells.layers["counts"].toarray())
-                labels.append(cells.obs["gmmvae_label"].astype(str).to_numpy())
-            fake, fake_types = metrics.log_cp10k(np.vstack(parts)), np.concatenate(labels)
-            per_type = {
-                t: round(evaluation.c2st_auc(real[types == t], fake[fake_types == t], seed=0), 3)
-                for t in np.unique(types)
-                if (types == t).sum() >= 40
-            }
-            pooled = evaluation.c2st_auc(real, fake, seed=0)
+            latent = "prior" if variant == "prior" else "embedding"
+            pooled, per_type = generated_auc(
+                model, plans, real, types, latent=latent, seed=1000 * rep, min_cells=40
+            )
             lines.append(
                 f"{ds.name:10s} outer seed {seed} rep {rep}  {variant:24s} "
                 f"pooled AUC {pooled:.3f}  {per_type}"

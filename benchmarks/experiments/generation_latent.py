@@ -30,9 +30,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from benchmarks import datasets
+    from benchmarks.experiments._scoring import generated_auc
     from benchmarks.protocols import stratified_split
     from benchmarks.protocols import synthetic as protocol
-    from gmmvae import GMMVAE, evaluation, metrics
+    from gmmvae import GMMVAE, metrics
 
     ds = datasets.load("kang", args.data_dir)
     outer = protocol.held_out_mask(ds, 0)
@@ -55,18 +56,9 @@ def main() -> None:
             if source == "aggregate posterior":
                 add_posterior_variance(model, fit)
             latent = "prior" if source == "prior" else "embedding"
-            parts, labels = [], []
-            for i, (cond, plan) in enumerate(plans.items()):
-                cells = model.generate(plan, condition=cond, seed=100 + i, latent=latent)
-                parts.append(cells.layers["counts"].toarray())
-                labels.append(cells.obs["gmmvae_label"].astype(str).to_numpy())
-            fake, fake_types = metrics.log_cp10k(np.vstack(parts)), np.concatenate(labels)
-            per_type = {
-                t: round(evaluation.c2st_auc(real[types == t], fake[fake_types == t], seed=0), 3)
-                for t in np.unique(fake_types)
-                if (types == t).sum() >= 25
-            }
-            pooled = evaluation.c2st_auc(real, fake, seed=0)
+            pooled, per_type = generated_auc(
+                model, plans, real, types.to_numpy(), latent=latent, seed=100, min_cells=25
+            )
             print(f"train seed {seed}  {source:20s} pooled AUC {pooled:.3f}  {per_type}")
 
 
