@@ -74,3 +74,35 @@ def test_old_rows_get_their_code_fingerprint_from_git_only_if_their_bytes_match(
     assert store.code_fingerprint_at(head, "clustering", "peer", stored) == (
         store.code_fingerprint("clustering", "peer")
     )
+
+
+def test_only_modules_an_import_reaches_count_for_gmmvae_rows():
+    contents = {
+        "benchmarks/protocols/p.py": b"import gmmvae\nfrom gmmvae.extra import thing\n",
+        "gmmvae/__init__.py": b"from gmmvae.model import Model\n",
+        "gmmvae/model.py": b"def f():\n    from . import lazy\n",
+        "gmmvae/lazy.py": b"from .sub.leaf import x\n",
+        "gmmvae/sub/__init__.py": b"",
+        "gmmvae/sub/leaf.py": b"x = 1\n",
+        "gmmvae/extra.py": b"thing = 1\n",
+        "gmmvae/cli.py": b"import gmmvae.model\n",  # imports others, imported by none
+        "gmmvae/py.typed": b"",
+    }
+    assert set(contents) - store.reachable(contents) == {"gmmvae/cli.py"}
+    base = store._code_digest(contents, "gmmvae")
+    assert store._code_digest({**contents, "gmmvae/cli.py": b"x = 2\n"}, "gmmvae") == base
+    assert store._code_digest({**contents, "gmmvae/lazy.py": b"x = 2\n"}, "gmmvae") != base
+    # peer rows name their modules explicitly; nothing is left out of theirs
+    assert store._code_digest({**contents, "gmmvae/cli.py": b"x = 2\n"}, "peer") != (
+        store._code_digest(contents, "peer")
+    )
+    # a file that does not parse makes everything count
+    broken = {**contents, "gmmvae/model.py": b"def (:\n"}
+    assert store.reachable(broken) == set(broken)
+
+
+def test_the_benchmarks_never_load_the_cli_or_the_demo():
+    files = store._code_files("clustering", "gmmvae")
+    left_out = set(files) - store.reachable({n: p.read_bytes() for n, p in files.items()})
+    assert {"gmmvae/cli.py", "gmmvae/demo.py"} <= left_out
+    assert "gmmvae/model.py" not in left_out and "gmmvae/training.py" not in left_out
