@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from gmmvae import GMMVAE
 from gmmvae.cli import app
 from gmmvae.datasets import mask_labels, simulate
 
@@ -100,7 +101,7 @@ def test_annotate_genes_mismatch_names_missing_genes(model_dir, h5ad, tmp_path):
 
 
 def test_every_option_has_help():
-    for command in ("train", "choose-k", "annotate", "embed", "demo"):
+    for command in ("train", "choose-k", "annotate", "embed", "map-query", "demo"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert "Options" in result.output
@@ -238,3 +239,37 @@ def test_choose_k_prints_the_table_and_writes_csv_and_plot(h5ad, tmp_path):
     assert png.stat().st_size > 0
     bad = runner.invoke(app, ["choose-k", str(h5ad), "--candidates", "four"])
     assert bad.exit_code == 2
+
+
+def test_map_query_trains_the_new_batch_and_writes_labels(tmp_path):
+    adata = simulate(300, 60, 3, seed=2, n_batches=3, marker_log_fold=2.5)
+    reference, query = (tmp_path / "reference.h5ad", tmp_path / "query.h5ad")
+    adata[adata.obs["batch"] != "batch_2"].copy().write_h5ad(reference)
+    adata[adata.obs["batch"] == "batch_2"].copy().write_h5ad(query)
+    ref_dir, query_dir, annotated = (tmp_path / "ref", tmp_path / "qm", tmp_path / "out.h5ad")
+    common = ["--max-epochs", "5", "--accelerator", "cpu"]
+    train = ["train", str(reference), "--out", str(ref_dir), "--batch-key", "batch"]
+    result = runner.invoke(app, [*train, "--n-components", "3", *common])
+    assert result.exit_code == 0, result.output
+    mapped = ["map-query", str(ref_dir), str(query), "--out", str(query_dir)]
+    result = runner.invoke(app, [*mapped, "--annotated", str(annotated), *common])
+    assert result.exit_code == 0, result.output
+    assert "new batches: batch_2" in " ".join(result.output.split())  # rich wraps lines
+    out = ad.read_h5ad(annotated)
+    assert {"gmmvae_label", "gmmvae_confidence", "gmmvae_novel"} <= set(out.obs.columns)
+    assert out.obsm["X_gmmvae"].shape[0] == out.n_obs
+    loaded = GMMVAE.load(query_dir, out)
+    assert loaded.is_query and loaded.registry["query_batches"] == ["batch_2"]
+    # cells of the reference's own batches: nothing to train, a clear error naming the fix
+    again = ["map-query", str(ref_dir), str(reference), "--out", str(tmp_path / "qm2")]
+    result = runner.invoke(app, [*again, *common])
+    assert result.exit_code == 1
+    assert "nothing to map; annotate it" in " ".join(result.output.split())
+
+
+def test_map_query_needs_a_reference_with_batches(model_dir, h5ad, tmp_path):
+    result = runner.invoke(
+        app, ["map-query", str(model_dir), str(h5ad), "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 1
+    assert "without a batch_key" in result.output

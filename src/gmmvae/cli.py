@@ -378,6 +378,83 @@ def embed(
     console.print(f"Wrote {out} with obsm['X_{key_added}'] of shape {latent.shape}.")
 
 
+@app.command("map-query")
+def map_query(
+    model_dir: ModelDir,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Query cells (.h5ad, counts) with the reference's genes and its batch column, "
+            "holding at least one batch the reference never saw."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to save the query model to.")],
+    annotated: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write DATA with predictions (obs[KEY_label], KEY_confidence, KEY_novel) "
+            "and the latent (obsm['X_' + KEY]) to this .h5ad."
+        ),
+    ] = None,
+    key_added: Annotated[str, typer.Option(help="Prefix of the obs/obsm keys written.")] = "gmmvae",
+    novelty_threshold: Annotated[
+        float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
+    ] = 0.5,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the query training; default scales with cells.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 256,
+    accelerator: Annotated[
+        str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
+    ] = "auto",
+    devices: Annotated[
+        str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
+    ] = "auto",
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Map DATA from new batches onto a trained reference (scArches-style) and save it.
+
+    Only the new batches' decoder weights train; the latent, q(y|x) and the components stay
+    the reference's, so labels transfer as they are. The reference needs a --batch-key.
+    """
+    _quiet_lightning()
+    from gmmvae.errors import GMMVAEInputError
+    from gmmvae.model import GMMVAE
+
+    with _user_errors():
+        _check_output(out, force)
+        if annotated is not None:
+            _check_output(annotated, force)
+        adata = _read(data)
+        reference = GMMVAE.load(model_dir)
+        query_model = GMMVAE.load_query_data(adata, reference)
+        known = set(reference._categories("batches"))
+        new = [b for b in query_model.registry["query_batches"] if b not in known]
+        if not new:
+            raise GMMVAEInputError(
+                f"{data} holds only batches the reference was trained on, so there is "
+                f"nothing to map; annotate it as it is: gmmvae annotate {model_dir} {data} "
+                "--out OUT.h5ad"
+            )
+        query_model.train(
+            max_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            accelerator=accelerator,
+            devices=_devices(devices),
+        )
+        if _is_main_process():
+            query_model.save(out, overwrite=force)
+            if annotated is not None:
+                query_model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
+                query_model.get_latent(adata, key_added=key_added)
+                adata.write_h5ad(annotated)
+    console.print(f"Saved the query model to {out} (new batches: {', '.join(map(str, new))}).")
+    if annotated is not None:
+        console.print(f"Wrote {annotated}.")
+
+
 @app.command()
 def generate(
     model_dir: ModelDir,
@@ -402,8 +479,10 @@ def generate(
     latent: Annotated[
         LatentChoice,
         typer.Option(
-            help="Where z comes from: embedding (a Gaussian fitted to the type's training "
-            "cells' latent means and library sizes) or prior (the learned p(z|y), broader)."
+            help="Where z comes from: embedding (a Gaussian per type and condition fitted to "
+            "the training cells' latent means and log library sizes; counts with per-gene "
+            "dispersions refitted to those cells) or prior (the learned p(z|y) and "
+            "dispersions; broader)."
         ),
     ] = DEFAULT_LATENT_CHOICE,
     seed: Seed = 0,
