@@ -132,6 +132,20 @@ Backed = Annotated[
 Data = Annotated[Path, typer.Argument(help="Input AnnData file (.h5ad).")]
 ModelDir = Annotated[Path, typer.Argument(help="Model directory written by `gmmvae train`.")]
 Seed = Annotated[int, typer.Option(help="Random seed (initialisation, split, shuffling).")]
+BatchKey = Annotated[str | None, typer.Option(help="obs column with the technical batch.")]
+Layer = Annotated[str | None, typer.Option(help="Layer with the counts (default: X).")]
+MaxEpochs = Annotated[
+    int | None, typer.Option(help="Epochs; default scales with the number of cells.")
+]
+BatchSize = Annotated[int, typer.Option(help="Minibatch size.")]
+Accelerator = Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")]
+Devices = Annotated[
+    str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
+]
+KeyAdded = Annotated[str, typer.Option(help="Prefix of the obs/obsm keys written.")]
+NoveltyThreshold = Annotated[
+    float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
+]
 
 
 @app.command()
@@ -147,10 +161,8 @@ def train(
     condition_key: Annotated[
         str | None, typer.Option(help="obs column with the condition (treatment); cGMMVAE.")
     ] = None,
-    batch_key: Annotated[
-        str | None, typer.Option(help="obs column with the technical batch.")
-    ] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer with the counts (default: X).")] = None,
+    batch_key: BatchKey = None,
+    layer: Layer = None,
     n_components: Annotated[
         int | None,
         typer.Option(
@@ -166,10 +178,8 @@ def train(
         VariantChoice | None,
         typer.Option(help="Model variant (default: the package default, see README)."),
     ] = None,
-    max_epochs: Annotated[
-        int | None, typer.Option(help="Epochs; default scales with the number of cells.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 256,
+    max_epochs: MaxEpochs = None,
+    batch_size: BatchSize = 256,
     mixture_placement: Annotated[
         PlacementChoice,
         typer.Option(
@@ -177,12 +187,8 @@ def train(
             "(kNN graph, resolution giving K clusters) or kmeans."
         ),
     ] = DEFAULT_PLACEMENT_CHOICE,
-    accelerator: Annotated[
-        str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
-    ] = "auto",
-    devices: Annotated[
-        str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
-    ] = "auto",
+    accelerator: Accelerator = "auto",
+    devices: Devices = "auto",
     strategy: Annotated[
         str, typer.Option(help="Lightning strategy: auto, or ddp for data-parallel training.")
     ] = "auto",
@@ -263,13 +269,11 @@ def choose_k(
     candidates: Annotated[
         str, typer.Option(help="Numbers of components to try: a range (4-12) or a list (4,6,8).")
     ] = "2-12",
-    batch_key: Annotated[
-        str | None, typer.Option(help="obs column with the technical batch.")
-    ] = None,
+    batch_key: BatchKey = None,
     condition_key: Annotated[
         str | None, typer.Option(help="obs column with the condition (treatment).")
     ] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer with the counts (default: X).")] = None,
+    layer: Layer = None,
     held_out: Annotated[
         float, typer.Option(help="Share of cells scored by marginal likelihood, not trained on.")
     ] = 0.1,
@@ -330,10 +334,8 @@ def annotate(
     model_dir: ModelDir,
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad with predictions.")],
-    key_added: Annotated[str, typer.Option(help="Prefix of the obs/obsm keys written.")] = "gmmvae",
-    novelty_threshold: Annotated[
-        float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
-    ] = 0.5,
+    key_added: KeyAdded = "gmmvae",
+    novelty_threshold: NoveltyThreshold = 0.5,
     backed: Backed = False,
     force: Force = False,
 ) -> None:
@@ -345,15 +347,20 @@ def annotate(
         _check_output(out, force)
         adata = _read(data, backed=backed)
         model = GMMVAE.load(model_dir, adata=adata)
-        model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
-        model.get_latent(adata, key_added=key_added)
-        adata.write_h5ad(out)
+        _write_annotated(model, adata, out, key_added, novelty_threshold)
     counts = adata.obs[f"{key_added}_label"].value_counts()
     table = Table("label", "cells")
     for label, n in counts.items():
         table.add_row(str(label), str(n))
     console.print(table)
     console.print(f"Wrote {out}.")
+
+
+def _write_annotated(model, adata, out: Path, key_added: str, novelty_threshold: float) -> None:
+    """Predictions (obs) and latent (obsm) of ``adata`` by ``model``, written to ``out``."""
+    model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
+    model.get_latent(adata, key_added=key_added)
+    adata.write_h5ad(out)
 
 
 @app.command()
@@ -396,20 +403,12 @@ def map_query(
             "and the latent (obsm['X_' + KEY]) to this .h5ad."
         ),
     ] = None,
-    key_added: Annotated[str, typer.Option(help="Prefix of the obs/obsm keys written.")] = "gmmvae",
-    novelty_threshold: Annotated[
-        float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
-    ] = 0.5,
-    max_epochs: Annotated[
-        int | None, typer.Option(help="Epochs of the query training; default scales with cells.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 256,
-    accelerator: Annotated[
-        str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
-    ] = "auto",
-    devices: Annotated[
-        str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
-    ] = "auto",
+    key_added: KeyAdded = "gmmvae",
+    novelty_threshold: NoveltyThreshold = 0.5,
+    max_epochs: MaxEpochs = None,
+    batch_size: BatchSize = 256,
+    accelerator: Accelerator = "auto",
+    devices: Devices = "auto",
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
@@ -447,9 +446,7 @@ def map_query(
         if _is_main_process():
             query_model.save(out, overwrite=force)
             if annotated is not None:
-                query_model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
-                query_model.get_latent(adata, key_added=key_added)
-                adata.write_h5ad(annotated)
+                _write_annotated(query_model, adata, annotated, key_added, novelty_threshold)
     console.print(f"Saved the query model to {out} (new batches: {', '.join(map(str, new))}).")
     if annotated is not None:
         console.print(f"Wrote {annotated}.")
@@ -606,9 +603,7 @@ def demo(
     label_fraction: Annotated[
         float, typer.Option(help="Fraction of labels kept for the semi-supervised run.")
     ] = 0.1,
-    max_epochs: Annotated[
-        int | None, typer.Option(help="Epochs; default scales with the number of cells.")
-    ] = None,
+    max_epochs: MaxEpochs = None,
     out_dir: Annotated[Path, typer.Option(help="Where the h5ad and figure go.")] = Path(
         "gmmvae_demo"
     ),
