@@ -62,7 +62,7 @@ PACKAGES = (
     "scib-metrics",
     "harmonypy",
     # numerics below the models: a new environment with other versions of these moved the
-    # Leiden placement of one zheng_coarse seed (ARI 0.575 -> 0.333, same gmmvae code)
+    # mixture assignment of one zheng_coarse seed (ARI 0.575 -> 0.333, same training code)
     "numpy",
     "scipy",
     "pandas",
