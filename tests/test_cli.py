@@ -273,3 +273,60 @@ def test_map_query_needs_a_reference_with_batches(model_dir, h5ad, tmp_path):
     )
     assert result.exit_code == 1
     assert "without a batch_key" in result.output
+
+
+def test_de_writes_the_api_table_and_a_volcano(model_dir, h5ad, tmp_path):
+    out, volcano = tmp_path / "de.csv", tmp_path / "volcano.png"
+    args = ["de", str(model_dir), str(h5ad), "--out", str(out), "--groupby", "cell_type"]
+    result = runner.invoke(app, [*args, "--n-samples", "400", "--volcano", str(volcano)])
+    assert result.exit_code == 0, result.output
+    assert volcano.stat().st_size > 0
+    table = pd.read_csv(out, index_col="gene")
+    assert list(table["comparison"].unique()) == [f"type_{t} vs Rest" for t in range(3)]
+    adata = ad.read_h5ad(h5ad)
+    expected = GMMVAE.load(model_dir, adata).differential_expression(
+        adata, groupby="cell_type", n_samples=400, seed=0
+    )
+    pd.testing.assert_index_equal(table.index, expected.index.rename("gene"))
+    assert table["proba_de"].to_numpy() == pytest.approx(expected["proba_de"].to_numpy())
+    assert table["is_de_fdr_0.05"].dtype == bool  # the calls survive the CSV
+    shown = " ".join(result.output.split())
+    assert all(f"type_{t} vs Rest" in shown for t in range(3))  # the top genes on screen
+
+
+def test_de_one_pair_and_unknown_group(model_dir, h5ad, tmp_path):
+    out = tmp_path / "pair.csv"
+    args = ["de", str(model_dir), str(h5ad), "--out", str(out), "--groupby", "cell_type"]
+    pair = ["--group1", "type_0", "--group2", "type_1", "--n-samples", "200"]
+    result = runner.invoke(app, [*args, *pair, "--mode", "vanilla"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, index_col="gene")
+    assert set(table["comparison"]) == {"type_0 vs type_1"}
+    assert "proba_m1" in table.columns
+    result = runner.invoke(app, [*args, "--force", "--group1", "type_9"])
+    assert result.exit_code == 1
+    assert "type_9" in result.output
+
+
+def test_normalize_writes_a_batch_corrected_layer(tmp_path):
+    adata = simulate(240, 50, 2, seed=3, n_batches=2, marker_log_fold=2.5)
+    data, model, out = tmp_path / "cells.h5ad", tmp_path / "model", tmp_path / "norm.h5ad"
+    adata.write_h5ad(data)
+    train = ["train", str(data), "--out", str(model), "--batch-key", "batch", "--n-components"]
+    result = runner.invoke(app, [*train, "2", "--max-epochs", "3", "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    args = ["normalize", str(model), str(data), "--out", str(out), "--n-samples", "3"]
+    result = runner.invoke(app, [*args, "--transform-batch", "batch_0"])
+    assert result.exit_code == 0, result.output
+    written = ad.read_h5ad(out)
+    layer = written.layers["gmmvae_normalized"]
+    assert layer.shape == adata.shape
+    assert layer.sum(1) == pytest.approx(1e4, rel=1e-3)
+    assert written.uns["gmmvae_normalized"]["params"]["transform_batch"] == "batch_0"
+    expected = GMMVAE.load(model, adata).get_normalized_expression(
+        adata, transform_batch="batch_0", n_samples=3, seed=0
+    )
+    assert layer == pytest.approx(expected.to_numpy(), rel=1e-5)
+    result = runner.invoke(app, [*args, "--force", "--transform-batch", "batch_7"])
+    assert result.exit_code == 1
+    assert "batch_7" in result.output

@@ -1,4 +1,5 @@
-"""The ``gmmvae`` command: train, choose-k, annotate, embed, generate, perturb, demo."""
+"""The ``gmmvae`` command: train, choose-k, annotate, embed, de, normalize, map-query,
+generate, perturb, demo."""
 
 from __future__ import annotations
 
@@ -103,13 +104,14 @@ def _user_errors() -> Iterator[None]:
         _fail(err)
 
 
-def _number(text: str) -> float:
+def _number(text: str, word: str = "empirical") -> float:
+    """``--library-size``: a number, or ``word`` (handled by the caller)."""
     from gmmvae.errors import GMMVAEInputError
 
     try:
         return float(text)
     except ValueError:
-        msg = f"--library-size must be 'empirical' or a number, got {text!r}."
+        msg = f"--library-size must be {word!r} or a number, got {text!r}."
         raise GMMVAEInputError(msg) from None
 
 
@@ -383,6 +385,174 @@ def embed(
         latent = model.get_latent(adata, key_added=key_added)
         adata.write_h5ad(out)
     console.print(f"Wrote {out} with obsm['X_{key_added}'] of shape {latent.shape}.")
+
+
+DEModeChoice = _choices("DEModeChoice", ("change", "vanilla"))
+DEFAULT_DE_MODE = DEModeChoice("change")
+
+
+@app.command()
+def de(
+    model_dir: ModelDir,
+    data: Annotated[
+        Path, typer.Argument(help="Cells to compare (.h5ad, counts, the model's genes).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Write the DE table (all comparisons) as CSV.")
+    ],
+    groupby: Annotated[
+        str | None,
+        typer.Option(
+            help="obs column with the groups; default: the model's components (each cell in "
+            "its most probable one)."
+        ),
+    ] = None,
+    group1: Annotated[
+        list[str] | None,
+        typer.Option(help="Group to test; repeat for several; default: every group in turn."),
+    ] = None,
+    group2: Annotated[
+        str | None, typer.Option(help="Group to compare with; default: all other cells (Rest).")
+    ] = None,
+    mode: Annotated[
+        DEModeChoice,
+        typer.Option(
+            help="change: P(|log2 fold change| > --delta) with FDR-controlled calls; "
+            "vanilla: P(expression in group1 > group2)."
+        ),
+    ] = DEFAULT_DE_MODE,
+    delta: Annotated[
+        float, typer.Option(help="Smallest |log2 fold change| that counts as a change.")
+    ] = 0.25,
+    fdr_target: Annotated[
+        float, typer.Option(help="Posterior expected false discovery rate of the DE calls.")
+    ] = 0.05,
+    batch_correction: Annotated[
+        bool,
+        typer.Option(
+            "--batch-correction",
+            help="Decode under every batch of the model and average, so that groups are "
+            "compared free of their batch composition.",
+        ),
+    ] = False,
+    n_samples: Annotated[int, typer.Option(help="Posterior draws per group.")] = 5000,
+    top: Annotated[int, typer.Option(help="Genes shown per comparison on screen.")] = 5,
+    volcano: Annotated[
+        Path | None, typer.Option(help="Also save a volcano plot (PNG/PDF) here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the posterior draws.")] = 0,
+    force: Force = False,
+) -> None:
+    """Differential expression between groups of DATA from the model's posterior.
+
+    scvi-tools' layout: one row per gene and comparison with proba_de, bayes_factor,
+    lfc_mean/median/std and credible interval, scales, expression fractions and the
+    FDR-controlled call is_de_fdr_<FDR_TARGET>; sorted within each comparison.
+    """
+    _quiet_lightning()
+    from gmmvae.model import GMMVAE
+
+    with _user_errors():
+        for path in (out, volcano):
+            if path is not None:
+                _check_output(path, force)
+        adata = _read(data)
+        model = GMMVAE.load(model_dir, adata=adata)
+        frame = model.differential_expression(
+            adata,
+            groupby=groupby,
+            group1=group1 or None,
+            group2=group2,
+            mode=mode.value,
+            delta=delta,
+            fdr_target=fdr_target,
+            batch_correction=batch_correction,
+            n_samples=n_samples,
+            seed=seed,
+        )
+        frame.rename_axis("gene").to_csv(out)
+        if volcano is not None:
+            import gmmvae
+
+            gmmvae.pl.de_volcano(frame, save=str(volcano))
+    _show_de(frame, top, mode.value)
+    console.print(f"Wrote {out} ({frame['comparison'].nunique()} comparisons).")
+
+
+def _show_de(frame, top: int, mode: str) -> None:
+    """The first ``top`` genes of each comparison (the frame is sorted within each)."""
+    score = "proba_de" if mode == "change" else "proba_m1"
+    calls = [c for c in frame.columns if c.startswith("is_de_fdr_")]
+    shown = Table("comparison", "gene", score, "lfc_mean", "called DE" if calls else "")
+    for comparison, rows in frame.groupby("comparison", sort=False):
+        for gene, row in rows.head(top).iterrows():
+            called = ("yes" if row[calls[0]] else "no") if calls else ""
+            shown.add_row(
+                str(comparison), str(gene), f"{row[score]:.3f}", f"{row.lfc_mean:.2f}", called
+            )
+    console.print(shown)
+
+
+@app.command()
+def normalize(
+    model_dir: ModelDir,
+    data: Data,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output .h5ad with the decoded expression layer.")
+    ],
+    layer_added: Annotated[str, typer.Option(help="Layer to write it into.")] = "gmmvae_normalized",
+    transform_batch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Decode every cell under this batch (batch-corrected expression); repeat to "
+            "average over several. Default: each cell's own batch."
+        ),
+    ] = None,
+    transform_condition: Annotated[
+        str | None,
+        typer.Option(help="Decode every cell under this condition (counterfactual expression)."),
+    ] = None,
+    library_size: Annotated[
+        str,
+        typer.Option(
+            help="Counts each cell sums to (a number, default 1e4 = CP10k) or 'latent' for each "
+            "cell's observed total."
+        ),
+    ] = "1e4",
+    n_samples: Annotated[int, typer.Option(help="Posterior draws averaged per cell.")] = 25,
+    seed: Annotated[int, typer.Option(help="Random seed of the posterior draws.")] = 0,
+    force: Force = False,
+) -> None:
+    """Write the model's denoised (optionally batch-corrected) expression of DATA to a layer.
+
+    Averages decoded expression over posterior draws of z per cell; for the Gaussian
+    likelihood the values are on the data's own (log) scale.
+    """
+    _quiet_lightning()
+    from gmmvae.model import GMMVAE
+
+    with _user_errors():
+        _check_output(out, force)
+        size = library_size if library_size == "latent" else _number(library_size, "latent")
+        adata = _read(data)
+        model = GMMVAE.load(model_dir, adata=adata)
+        model.get_normalized_expression(
+            adata,
+            transform_batch=_one_or_list(transform_batch),
+            transform_condition=transform_condition,
+            library_size=size,
+            n_samples=n_samples,
+            seed=seed,
+            key_added=layer_added,
+        )
+        adata.write_h5ad(out)
+    console.print(f"Wrote {out} with layers['{layer_added}'].")
+
+
+def _one_or_list(values: list[str] | None) -> str | list[str] | None:
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
 
 
 @app.command("map-query")
