@@ -23,7 +23,7 @@ against the rest of the inner query:
   reference latent means (model-free given the latent);
 - ``rank mean``: the mean of the ``1 - confidence`` and ``-log p(z)`` ranks.
 
-    python -m benchmarks.experiments.novelty_score --threads 1 --outer-seeds 0
+    python -m benchmarks.experiments.novelty_score --threads 1 --outer-seeds 0  # and 1, 2
 """
 
 from __future__ import annotations
