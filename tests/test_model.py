@@ -80,7 +80,7 @@ def test_predict_writes_documented_fields(semi_supervised):
     model, adata, _ = semi_supervised
     adata = adata.copy()
     X_before = adata.X.copy()
-    probs = model.predict(adata, novelty_threshold=0.7)
+    probs = model.predict(adata, novelty_quantile=0.9, confidence_threshold=0.7)
     names = [*sorted(adata.obs["cell_type"].unique()), "free_0"]
     assert model.component_names == names
 
@@ -98,9 +98,16 @@ def test_predict_writes_documented_fields(semi_supervised):
     assert confidence.dtype == np.float32
     np.testing.assert_allclose(confidence, probs.max(1), rtol=1e-6)
 
+    score = adata.obs["gmmvae_novelty_score"]
+    assert score.dtype == np.float32
+    threshold = model.novelty_reference.threshold(0.9)
     novel = adata.obs["gmmvae_novel"]
     assert novel.dtype == bool
-    expected = (label == "free_0").to_numpy() | (confidence < 0.7).to_numpy()
+    expected = (
+        (label == "free_0").to_numpy()
+        | (confidence < 0.7).to_numpy()
+        | (score > threshold).to_numpy()
+    )
     np.testing.assert_array_equal(novel, expected)
 
     assert adata.obsm["gmmvae_probs"].shape == (adata.n_obs, len(names))
@@ -108,7 +115,9 @@ def test_predict_writes_documented_fields(semi_supervised):
     np.testing.assert_allclose(adata.obsm["gmmvae_probs"], probs.to_numpy())
 
     params = adata.uns["gmmvae"]["params"]
-    assert params["novelty_threshold"] == 0.7
+    assert params["confidence_threshold"] == 0.7
+    assert params["novelty_quantile"] == 0.9
+    assert params["novelty_score_threshold"] == pytest.approx(threshold)
     assert params["component_names"] == names
     assert params["n_components"] == len(names)
     assert params["variant"] == model.config.variant

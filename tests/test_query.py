@@ -26,14 +26,14 @@ def _reference() -> tuple[GMMVAE, AnnData]:
     return model, adata[adata.obs["batch"] == "batch_2"].copy()
 
 
-def _query_model() -> tuple[GMMVAE, GMMVAE, AnnData]:
+def _query_model(**options) -> tuple[GMMVAE, GMMVAE, AnnData]:
     model, query = _reference()
     query = query.copy()
-    return model, GMMVAE.load_query_data(query, model), query
+    return model, GMMVAE.load_query_data(query, model, **options), query
 
 
-def test_only_the_new_batch_columns_train_and_labels_stay():
-    reference, query_model, query = _query_model()
+def test_without_the_encoder_only_the_new_batch_columns_train_and_labels_stay():
+    reference, query_model, query = _query_model(train_encoder=False)
     labels = reference.predict(query.copy()).to_numpy()
     before = {k: v.clone() for k, v in query_model.module.state_dict().items()}
     elbo_before = query_model.get_elbo(query)
@@ -54,6 +54,26 @@ def test_only_the_new_batch_columns_train_and_labels_stay():
     assert reference.config.n_batches == 2
     assert "query_batches" not in reference.registry
     assert query_model.train_params["temperature"] == reference.train_params["temperature"]
+
+
+def test_by_default_the_encoder_trunk_learns_too():
+    reference, query_model, query = _query_model()
+    assert query_model.registry["query_train_encoder"] is True
+    before = {k: v.clone() for k, v in query_model.module.state_dict().items()}
+    elbo_before = query_model.get_elbo(query)
+    query_model.train(max_epochs=20, **FIT)
+    after = query_model.module.state_dict()
+    changed = {k for k in before if not torch_equal(before[k], after[k])}
+    trunk = {k for k in before if k.startswith("encoder.")}
+    assert trunk and trunk <= changed
+    assert changed - trunk == {"decoder.layers.0.linear.weight"}
+    diff = before["decoder.layers.0.linear.weight"] != after["decoder.layers.0.linear.weight"]
+    assert np.flatnonzero(diff.any(0).numpy()).tolist() == [diff.shape[1] - 1]
+    assert query_model.get_elbo(query) > elbo_before
+    # The reference's own encoder is untouched.
+    for name, weight in reference.module.state_dict().items():
+        if name.startswith("encoder."):
+            assert torch_equal(weight, before[name])
 
 
 def torch_equal(a, b) -> bool:

@@ -145,8 +145,17 @@ Devices = Annotated[
     str, typer.Option(help="Lightning devices: auto, a count (e.g. 4) or a list (0,1).")
 ]
 KeyAdded = Annotated[str, typer.Option(help="Prefix of the obs/obsm keys written.")]
-NoveltyThreshold = Annotated[
-    float, typer.Option(help="Cells whose top probability is below this are flagged novel.")
+NoveltyQuantile = Annotated[
+    float,
+    typer.Option(
+        help="Flag cells whose novelty score (distance to the nearest training cells in the "
+        "latent) exceeds this quantile of the validation cells' scores; 0.95 flags about "
+        "5 percent of new cells of known types."
+    ),
+]
+ConfidenceThreshold = Annotated[
+    float | None,
+    typer.Option(help="Also flag cells whose top probability is below this (off by default)."),
 ]
 
 
@@ -337,11 +346,13 @@ def annotate(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad with predictions.")],
     key_added: KeyAdded = "gmmvae",
-    novelty_threshold: NoveltyThreshold = 0.5,
+    novelty_quantile: NoveltyQuantile = 0.95,
+    confidence_threshold: ConfidenceThreshold = None,
     backed: Backed = False,
     force: Force = False,
 ) -> None:
-    """Predict cell types (q(y|x)) for DATA; writes obs[KEY_label], KEY_confidence, KEY_novel."""
+    """Predict cell types (q(y|x)) for DATA; writes obs[KEY_label], KEY_confidence,
+    KEY_novelty_score, KEY_novel."""
     _quiet_lightning()
     from gmmvae.model import GMMVAE
 
@@ -349,7 +360,7 @@ def annotate(
         _check_output(out, force)
         adata = _read(data, backed=backed)
         model = GMMVAE.load(model_dir, adata=adata)
-        _write_annotated(model, adata, out, key_added, novelty_threshold)
+        _write_annotated(model, adata, out, key_added, novelty_quantile, confidence_threshold)
     counts = adata.obs[f"{key_added}_label"].value_counts()
     table = Table("label", "cells")
     for label, n in counts.items():
@@ -358,9 +369,13 @@ def annotate(
     console.print(f"Wrote {out}.")
 
 
-def _write_annotated(model, adata, out: Path, key_added: str, novelty_threshold: float) -> None:
+def _write_annotated(
+    model, adata, out: Path, key_added: str, quantile: float, confidence: float | None
+) -> None:
     """Predictions (obs) and latent (obsm) of ``adata`` by ``model``, written to ``out``."""
-    model.predict(adata, key_added=key_added, novelty_threshold=novelty_threshold)
+    model.predict(
+        adata, key_added=key_added, novelty_quantile=quantile, confidence_threshold=confidence
+    )
     model.get_latent(adata, key_added=key_added)
     adata.write_h5ad(out)
 
@@ -569,12 +584,21 @@ def map_query(
     annotated: Annotated[
         Path | None,
         typer.Option(
-            help="Also write DATA with predictions (obs[KEY_label], KEY_confidence, KEY_novel) "
-            "and the latent (obsm['X_' + KEY]) to this .h5ad."
+            help="Also write DATA with predictions (obs[KEY_label], KEY_confidence, "
+            "KEY_novelty_score, KEY_novel) and the latent (obsm['X_' + KEY]) to this .h5ad."
         ),
     ] = None,
+    train_encoder: Annotated[
+        bool,
+        typer.Option(
+            help="Also fit the encoder's trunk on the query cells, so that their latents and "
+            "labels can move (--no-train-encoder: only the new batches' decoder weights learn "
+            "and labels stay the reference's)."
+        ),
+    ] = True,
     key_added: KeyAdded = "gmmvae",
-    novelty_threshold: NoveltyThreshold = 0.5,
+    novelty_quantile: NoveltyQuantile = 0.95,
+    confidence_threshold: ConfidenceThreshold = None,
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = 256,
     accelerator: Accelerator = "auto",
@@ -584,8 +608,9 @@ def map_query(
 ) -> None:
     """Map DATA from new batches onto a trained reference (scArches-style) and save it.
 
-    Only the new batches' decoder weights train; the latent, q(y|x) and the components stay
-    the reference's, so labels transfer as they are. The reference needs a --batch-key.
+    The new batches' decoder weights and the encoder's trunk train on DATA; the components,
+    decoder and inference heads stay the reference's, so labels keep their meaning. The
+    reference needs a --batch-key.
     """
     _quiet_lightning()
     from gmmvae.errors import GMMVAEInputError
@@ -597,7 +622,7 @@ def map_query(
             _check_output(annotated, force)
         adata = _read(data)
         reference = GMMVAE.load(model_dir)
-        query_model = GMMVAE.load_query_data(adata, reference)
+        query_model = GMMVAE.load_query_data(adata, reference, train_encoder=train_encoder)
         known = set(reference._categories("batches"))
         new = [b for b in query_model.registry["query_batches"] if b not in known]
         if not new:
@@ -616,7 +641,14 @@ def map_query(
         if _is_main_process():
             query_model.save(out, overwrite=force)
             if annotated is not None:
-                _write_annotated(query_model, adata, annotated, key_added, novelty_threshold)
+                _write_annotated(
+                    query_model,
+                    adata,
+                    annotated,
+                    key_added,
+                    novelty_quantile,
+                    confidence_threshold,
+                )
     console.print(f"Saved the query model to {out} (new batches: {', '.join(map(str, new))}).")
     if annotated is not None:
         console.print(f"Wrote {annotated}.")

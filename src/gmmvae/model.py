@@ -26,6 +26,7 @@ from gmmvae import (
     de,
     generation,
     likelihood,
+    novelty,
     perturbation,
     pp,
     query,
@@ -157,6 +158,7 @@ class GMMVAE:
         self.is_trained = False
         self.train_params: dict[str, Any] = {}
         self.generation_summary: dict[str, Any] = {}
+        self.novelty_reference: novelty.NoveltyReference | None = None
 
     setup_anndata = staticmethod(registry.setup_anndata)
 
@@ -322,8 +324,8 @@ class GMMVAE:
             batch_size, max_epochs, max_steps, mixture_placement, train_size
         )
         is_query = self.is_query
-        # A query model (load_query_data) learns only its new batches under the reference's
-        # mixture: no pre-training, no placement, no warm-up, and the query's labels unused.
+        # A query model (load_query_data) learns its new batches (and encoder trunk) under the
+        # reference's mixture: no pre-training, no placement, no warm-up, query labels unused.
         data = self._cells(adata, labels=not is_query)
         rng = np.random.default_rng(seed)
         keep = schedule.nonempty_cells(get_matrix(adata, self.registry["layer"]), adata.n_obs)
@@ -377,6 +379,7 @@ class GMMVAE:
         else:
             self.generation_summary = generation.training_summary(self, train_cells)
             calibration = self._calibrate(data.subset(split.validation), enabled=calibrate)
+            self.novelty_reference = self._novelty_reference(data, split, seed)
         steps = int(history[-1]["step"]) if history else 0
         reference = self.train_params.get("reference") if is_query else None
         self.train_params = {
@@ -418,19 +421,21 @@ class GMMVAE:
 
     @property
     def is_query(self) -> bool:
-        """Whether this model came from :meth:`load_query_data` (only new batches train)."""
+        """Whether this model came from :meth:`load_query_data`."""
         return query.QUERY_KEY in self.registry
 
     @classmethod
-    def load_query_data(cls, adata: AnnData, reference_model: GMMVAE) -> GMMVAE:
+    def load_query_data(
+        cls, adata: AnnData, reference_model: GMMVAE, *, train_encoder: bool = True
+    ) -> GMMVAE:
         """Map cells of new batches onto a trained reference (scArches-style).
 
-        Returns a copy of ``reference_model`` on ``adata`` in which every batch the reference never
-        saw has its own decoder input weights; ``train()`` on it fits only those (latent,
-        q(y|x), components and every other weight stay frozen). The encoder does not read the
-        batch, so ``predict``/``get_latent`` give the reference's answers before and after;
-        the query training lets the model decode the new batches (normalised and
-        batch-corrected expression, DE, likelihoods). See :func:`gmmvae.query.load_query_data`.
+        Returns a copy of ``reference_model`` on ``adata`` in which every batch the reference
+        never saw has its own decoder input weights; ``train()`` on it fits those and (with
+        ``train_encoder``, the default) the encoder's trunk on the query cells, under the
+        reference's frozen components, decoder and inference heads. The encoder reads no
+        batch, so without the trunk learning, ``predict``/``get_latent`` would give the
+        reference's answers before and after. See :func:`gmmvae.query.load_query_data`.
 
         Examples
         --------
@@ -438,7 +443,7 @@ class GMMVAE:
         >>> query_model.train(max_epochs=100)  # doctest: +SKIP
         >>> query_model.predict(query)  # doctest: +SKIP
         """
-        return query.load_query_data(adata, reference_model)
+        return query.load_query_data(adata, reference_model, train_encoder=train_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -460,8 +465,21 @@ class GMMVAE:
         temperature = fit_temperature(probs, labels[labelled])
         return {"temperature": temperature, "n_calibration_cells": int(labelled.sum())}
 
+    def _novelty_reference(self, data: CellData, split, seed: int) -> novelty.NoveltyReference:
+        """Latents of (at most 20,000) training cells and the scores of validation cells."""
+        rng = np.random.default_rng(seed)
+        train = split.train[novelty.subsample(len(split.train), rng)]
+        validation = split.validation[novelty.subsample(len(split.validation), rng)]
+        latent = [
+            self._encode(data.subset(cells), ["latent"])["latent"]
+            if len(cells)
+            else np.zeros((0, self.config.n_latent), np.float32)
+            for cells in (train, validation)
+        ]
+        return novelty.fit_reference(*latent)
+
     # -------------------------------------------------------------------------- inference
-    def _posterior(self, adata: AnnData, field: str, batch_size: int) -> np.ndarray:
+    def _posteriors(self, adata: AnnData, fields: list[str], batch_size: int) -> dict:
         if not self.is_trained:
             warnings.warn(
                 "The model is not trained yet; results are from random weights.",
@@ -475,7 +493,7 @@ class GMMVAE:
         # The encoder does not read the batch: cells of a batch never seen in training map as
         # they are (scVI's default, encode_covariates=False, behaves the same way).
         data = self._cells(adata, new_batches=True)
-        return self._encode(data, [field], batch_size=batch_size)[field]
+        return self._encode(data, fields, batch_size=batch_size)
 
     def _record_params(self, adata: AnnData, key_added: str, **params: Any) -> None:
         entry = dict(adata.uns.get(key_added, {}))
@@ -500,7 +518,7 @@ class GMMVAE:
         """
         adata = self._resolve(adata)
         ensure_actual(adata)
-        latent = self._posterior(adata, "latent", batch_size)
+        latent = self._posteriors(adata, ["latent"], batch_size)["latent"]
         adata.obsm[f"X_{key_added}"] = latent
         self._record_params(adata, key_added)
         return latent
@@ -510,40 +528,76 @@ class GMMVAE:
         adata: AnnData | None = None,
         *,
         key_added: str = DEFAULT_KEY,
-        novelty_threshold: float = 0.5,
+        novelty_quantile: float = 0.95,
+        confidence_threshold: float | None = None,
         batch_size: int = 1024,
     ) -> pd.DataFrame:
-        """Component (cell-type) probabilities q(y|x) of each cell.
+        """Component (cell-type) probabilities q(y|x) of each cell, and a novelty call.
 
-        A cell is flagged novel when its most probable component is a free one (not a label)
-        or its top probability is below ``novelty_threshold``.
+        The novelty score of a cell is the mean distance of its latent to its 15 nearest
+        training cells' latents (:mod:`gmmvae.novelty`); a cell is flagged novel when the score
+        exceeds the ``novelty_quantile`` of the validation cells' scores, when its most
+        probable component is a free one (not a label), or, if ``confidence_threshold`` is
+        given, when its top probability is below it.
+
+        Parameters
+        ----------
+        adata
+            Cells to annotate (default: the model's data); genes are matched by name.
+        key_added
+            Prefix of the columns written.
+        novelty_quantile
+            Share of held-out cells of known types left unflagged (0.95: about 5 % of them
+            are flagged). Raise it for fewer false flags, lower it to catch more novel cells.
+        confidence_threshold
+            Also flag cells whose top probability is below this (off by default: a cell
+            between two known types is ambiguous, not novel).
+        batch_size
+            Cells per forward pass.
 
         Returns
         -------
         DataFrame (n_cells x n_components) of probabilities, columns named by label/component.
         Also writes ``adata.obs[f"{key_added}_label"]`` (categorical),
         ``obs[f"{key_added}_confidence"]`` (float32, top probability),
-        ``obs[f"{key_added}_novel"]`` (bool), ``obsm[f"{key_added}_probs"]`` (float32) and
-        ``uns[key_added]["params"]``.
+        ``obs[f"{key_added}_novelty_score"]`` (float32, higher = further from the training
+        cells), ``obs[f"{key_added}_novel"]`` (bool), ``obsm[f"{key_added}_probs"]`` (float32)
+        and ``uns[key_added]["params"]`` (with the score threshold used).
         """
         adata = self._resolve(adata)
         ensure_actual(adata)
-        probs = self._posterior(adata, "probs", batch_size)
-        probs = apply_temperature(probs, self.train_params.get("temperature", 1.0))
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
+            raise GMMVAEInputError(
+                f"confidence_threshold must be in [0, 1], got {confidence_threshold}."
+            )
+        reference = self.novelty_reference
+        threshold = reference.threshold(novelty_quantile) if reference is not None else None
+        posterior = self._posteriors(adata, ["probs", "latent"], batch_size)
+        probs = apply_temperature(posterior["probs"], self.train_params.get("temperature", 1.0))
         probs = probs.astype(np.float32)
         best = probs.argmax(1)
         confidence = probs.max(1)
-        free = best >= self.config.n_labels if self.config.n_labels else np.zeros(len(best), bool)
+        novel = best >= self.config.n_labels if self.config.n_labels else np.zeros(len(best), bool)
+        if reference is not None:
+            score = reference.score(posterior["latent"])
+            novel = novel | (score > threshold)
+        else:  # a model saved before the score existed, or never trained
+            score = np.full(len(best), np.nan, np.float32)
+        if confidence_threshold is not None:
+            novel = novel | (confidence < confidence_threshold)
         adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(
             best, categories=self.component_names
         )
         adata.obs[f"{key_added}_confidence"] = confidence
-        adata.obs[f"{key_added}_novel"] = free | (confidence < novelty_threshold)
+        adata.obs[f"{key_added}_novelty_score"] = score
+        adata.obs[f"{key_added}_novel"] = novel
         adata.obsm[f"{key_added}_probs"] = probs
         self._record_params(
             adata,
             key_added,
-            novelty_threshold=novelty_threshold,
+            novelty_quantile=novelty_quantile,
+            novelty_score_threshold=threshold,
+            confidence_threshold=confidence_threshold,
             component_names=list(self.component_names),
         )
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.component_names)
@@ -563,7 +617,10 @@ class GMMVAE:
 
         Raises :class:`~gmmvae.ModelExistsError` if ``path`` exists and ``overwrite`` is false.
         """
-        save_directory(path, model_state(self), self.module.state_dict(), overwrite=overwrite)
+        weights = self.module.state_dict()
+        if self.novelty_reference is not None:
+            weights.update(self.novelty_reference.state_dict())
+        save_directory(path, model_state(self), weights, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata: AnnData | None = None) -> GMMVAE:
@@ -574,6 +631,7 @@ class GMMVAE:
         """
         config, weights = load_directory(path)
         model = cls.__new__(cls)
+        model.novelty_reference = novelty.NoveltyReference.from_state_dict(weights)
         try:
             model.config = ModuleConfig(**config["module"])
             model.registry = config["registry"]

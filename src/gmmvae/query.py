@@ -2,12 +2,16 @@
 
 :func:`load_query_data` copies a reference model, gives each batch it never saw its own input
 weights in every decoder layer (zeros to start, so the query model begins as the reference
-decoding without a batch effect) and marks everything else frozen. Training the query model
-then fits only those new weights on the query cells, under the reference's mixture: the
-latent, q(y|x) and the components stay those of the reference. The encoder does not read the
-batch, so latents and labels of query cells are the reference's from the start; what the
-query training buys is decoding under the new batches (normalised and batch-corrected
-expression, differential expression, likelihoods, posterior predictive samples).
+decoding without a batch effect) and marks everything else frozen but the encoder's trunk.
+Training the query model then fits the new decoder weights and the trunk on the query cells
+(labels unused) under the reference's frozen mixture, decoder and inference heads.
+
+Why the trunk learns too: the encoder reads no batch, so with only decoder weights learning
+the query cells' latents and labels would stay exactly the reference model's; a batch effect
+in the query's input (the counts the encoder sees) could not be undone. The trunk (the
+encoder's layers before its heads; scArches trains new input weights for the same reason)
+lets the query cells move to where the frozen decoder and components explain them. The query
+model is meant for query cells; ``train_encoder=False`` keeps the reference encoder.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ if TYPE_CHECKING:
     from gmmvae.model import GMMVAE
 
 QUERY_KEY = "query_batches"  # registry entry: the batches a query model added
+ENCODER_KEY = "query_train_encoder"  # registry entry: whether the encoder trunk learns
+TRUNK_PREFIX = "encoder."
 
 
-def load_query_data(query: AnnData, reference: GMMVAE) -> GMMVAE:
+def load_query_data(query: AnnData, reference: GMMVAE, *, train_encoder: bool = True) -> GMMVAE:
     """A copy of ``reference`` ready to be trained on ``query`` cells from new batches.
 
     Parameters
@@ -42,12 +48,17 @@ def load_query_data(query: AnnData, reference: GMMVAE) -> GMMVAE:
         weights; new ones get their own. Labels, if present, are not used for training.
     reference
         A trained model with a ``batch_key``.
+    train_encoder
+        Whether the query training also fits the encoder's trunk (default), so that query
+        cells' latents and labels can move; with False only the new batches' decoder weights
+        learn and the latents and labels stay the reference model's.
 
     Returns
     -------
     A new :class:`~gmmvae.GMMVAE` on ``query`` (set up like the reference); call ``train()``
-    on it to fit the new batches' decoder weights (everything else stays frozen). Its
-    registry lists the new batches under ``"query_batches"``.
+    on it to fit the new batches' decoder weights (and the encoder trunk); the components,
+    decoder and inference heads stay frozen. Its registry lists the new batches under
+    ``"query_batches"``.
     """
     if not reference.is_trained:
         raise GMMVAEInputError("Train the reference model first (reference.train()).")
@@ -67,6 +78,7 @@ def load_query_data(query: AnnData, reference: GMMVAE) -> GMMVAE:
     registry = copy.deepcopy(dict(reference.registry))
     registry["batches"] = [*known, *new]
     registry[QUERY_KEY] = [*registry.get(QUERY_KEY, []), *new]
+    registry[ENCODER_KEY] = bool(train_encoder)
     query.uns[REGISTRY_KEY] = {k: v for k, v in registry.items() if v is not None}
 
     model = copy.copy(reference)  # shares nothing mutable below: each is replaced
@@ -124,7 +136,8 @@ def query_columns(model: GMMVAE) -> dict[str, np.ndarray]:
 
 
 class FrozenReference:
-    """Context for training a query model: only the new batches' decoder columns learn.
+    """Context for training a query model: the new batches' decoder columns learn, and the
+    encoder trunk if the query model was made with ``train_encoder``.
 
     Every other parameter has ``requires_grad`` off; the decoder layers' weights keep it but
     their gradient is masked to the new columns (and the optimiser runs without weight decay,
@@ -143,9 +156,10 @@ class FrozenReference:
                 "The query holds no batch the reference lacks, so there is nothing to train; "
                 "use the reference as it is (reference.predict(query), ...)."
             )
+        trunk = bool(self.model.registry.get(ENCODER_KEY, False))
         for name, param in self.model.module.named_parameters():
             self.flags[name] = param.requires_grad
-            param.requires_grad_(name in columns)
+            param.requires_grad_(name in columns or (trunk and name.startswith(TRUNK_PREFIX)))
             if name in columns:
                 mask = torch.zeros_like(param)
                 mask[:, torch.as_tensor(columns[name])] = 1.0
