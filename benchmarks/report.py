@@ -51,6 +51,7 @@ METRIC_NAMES = {
     "accuracy": "accuracy",
     "macro_f1": "macro-F1",
     "auroc": "AUROC of 1 − confidence",
+    "auroc_own": "AUROC of the method's own novelty score",
     "total": "total (0.4 batch + 0.6 bio)",
 }
 
