@@ -291,9 +291,10 @@ def tables(frame: pd.DataFrame, *, quick: bool) -> list[str]:
     # different thread counts are different measurements, never seeds of one.
     peer_rows = ok[ok["method"].isin(["scvi", "scanvi"])]
     peers = peer_rows.groupby(["task", "threads"])["cells_per_s"].mean()
-    ok["vs_scvi"] = ok["cells_per_s"].to_numpy() / peers.reindex(
-        list(zip(ok["task"], ok["threads"], strict=True))
-    ).to_numpy()
+    ok["vs_scvi"] = (
+        ok["cells_per_s"].to_numpy()
+        / peers.reindex(list(zip(ok["task"], ok["threads"], strict=True))).to_numpy()
+    )
     text: list[str] = []
     parts = [
         (
