@@ -28,11 +28,30 @@ def test_kl_warmup_weight(step, n_warmup, expected):
     assert kl_warmup_weight(step, n_warmup) == pytest.approx(expected)
 
 
-def test_kl_warmup_weight_is_monotone():
-    weights = [kl_warmup_weight(e, 30) for e in range(50)]
+def test_the_default_warmup_is_linear():
+    # Placement at 1,000 of a 2,000-step warm-up: the plain ramp, 0.5 at the placement.
+    for step in (0, 500, 1000, 1500, 2000, 3000):
+        assert kl_warmup_weight(step, 2000, placement_step=1000) == min(1.0, step / 2000)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 0.0), (100, 0.05), (200, 0.1), (250, 0.55), (300, 1.0)]
+)
+def test_a_short_warmup_places_the_mixture_at_a_low_kl_weight(step, expected):
+    # A capped run: placement at 200, warm-up to 300. Before the placement the weight rises
+    # as fast as in the default warm-up (200 / 2,000 = 0.1), then to 1 by step 300.
+    assert kl_warmup_weight(step, 300, placement_step=200) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("placement_step", [-1, 0, 30, 45])
+def test_kl_warmup_weight_is_monotone(placement_step):
+    # A placement at or after the end of the warm-up leaves the plain linear ramp.
+    weights = [kl_warmup_weight(e, 30, placement_step) for e in range(50)]
     assert weights == sorted(weights)
     assert weights[0] == 0.0
     assert weights[-1] == 1.0
+    if placement_step >= 30 or placement_step <= 0:
+        assert weights[15] == pytest.approx(0.5)
 
 
 def _plan():

@@ -286,8 +286,10 @@ class GMMVAE:
             placed on clusters of the latent (``mixture_placement``); default 1,000, at most
             70 % of a capped run.
         kl_warmup_steps
-            Steps over which the KL weight rises from 0 to 1, counted from the first step;
-            default twice the pre-training, at most half the run; 0 disables the warm-up.
+            Step at which the KL weight reaches 1, counted from the first step (linearly,
+            but before the placement of the components no faster than the default warm-up).
+            Default twice the pre-training; in a capped run, halfway through the mixture
+            phase at the latest; 0 disables the warm-up.
         early_stopping
             Stop when the validation ELBO has not improved for 1,000 steps, counted from the
             end of the warm-up.

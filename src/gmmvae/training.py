@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from gmmvae.errors import GMMVAEInputError
 from gmmvae.module import GMMVAEModule, LossOutput
+from gmmvae.schedule import kl_warmup_weight
 
 CHECKPOINT_NAME = "checkpoint"
 
@@ -34,13 +35,6 @@ def checkpoint_file(checkpoint_dir: str | Path) -> Path:
     return path
 
 
-def kl_warmup_weight(step: int, warmup_steps: int | None) -> float:
-    """Linear KL annealing from 0 to 1 over ``warmup_steps`` optimiser steps (1 when 0/None)."""
-    if not warmup_steps:
-        return 1.0
-    return min(1.0, step / warmup_steps)
-
-
 class TrainingPlan(pl.LightningModule):
     """Optimises a :class:`GMMVAEModule`; logs every loss term per epoch.
 
@@ -53,7 +47,11 @@ class TrainingPlan(pl.LightningModule):
     weight_decay
         Adam weight decay.
     kl_warmup_steps
-        Optimiser steps over which the KL weight rises linearly from 0 to 1.
+        Optimiser step at which the KL weight reaches 1
+        (:func:`gmmvae.schedule.kl_warmup_weight`).
+    placement_step
+        Step at which the mixture is placed (-1: none); before it the KL weight rises no
+        faster than the default warm-up's.
     label_weights
         ELBO weights (labelled, unlabelled cells) that undo the sampler's oversampling of
         labelled cells (:attr:`gmmvae.samplers.MixedBatchSampler.cell_weights`); (1, 1) for
@@ -67,6 +65,7 @@ class TrainingPlan(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         kl_warmup_steps: int | None = 2000,
+        placement_step: int = -1,
         label_weights: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         super().__init__()
@@ -74,13 +73,14 @@ class TrainingPlan(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.kl_warmup_steps = kl_warmup_steps
+        self.placement_step = placement_step
         self.label_weights = label_weights
         # True until MixtureInitialisation places the components (plain-VAE pre-training).
         self.pretraining = False
 
     @property
     def kl_weight(self) -> float:
-        return kl_warmup_weight(self.global_step, self.kl_warmup_steps)
+        return kl_warmup_weight(self.global_step, self.kl_warmup_steps, self.placement_step)
 
     def _log_terms(self, out: LossOutput, prefix: str, batch_size: int) -> None:
         # Epoch means, averaged over data-parallel ranks so that every rank sees the same
