@@ -1,18 +1,16 @@
 """Synthetic cells from a trained model: composition and library sizes, then z | y, then x | z.
 
-``training_summary`` records what generation needs from the training data (component
-frequencies, library-size quantiles per component, condition and batch frequencies, the
-(z, log library) Gaussians per component and per component and condition, a dispersion
-refitted at the cells' latent means) so that a saved model generates without the data.
-``generate`` samples cells from it. Both use only the model's interface (``_encode``,
-``_sample_prior``, ``_decode``, ``_categories``, ``_obs_key``).
+:func:`gmmvae.generation_summary.training_summary` records what generation needs from the
+training data so that a saved model generates without the data; ``generate`` samples cells
+from it. Both use only the model's interface (``_encode``, ``_sample_prior``, ``_decode``,
+``_categories``, ``_obs_key``).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,9 +19,9 @@ from anndata import AnnData
 from scipy import sparse
 
 from gmmvae._seed import seeded_rng
-from gmmvae.data import CellData, make_loader
-from gmmvae.distributions import THETA_MAX, sample_counts
+from gmmvae.distributions import sample_counts
 from gmmvae.errors import GMMVAEInputError
+from gmmvae.generation_summary import CHUNK, QUANTILES
 from gmmvae.options import (
     DEFAULT_GENERATION_LATENT,
     DEFAULT_KEY,
@@ -34,136 +32,6 @@ from gmmvae.options import (
 
 if TYPE_CHECKING:
     from gmmvae.model import GMMVAE
-
-_QUANTILES = np.linspace(0.0, 1.0, 101)
-_MIN_CELLS_PER_COMPONENT = 10  # fewer cells than this: use every cell's library sizes
-_CHUNK = 2048  # cells decoded at a time, so memory stays bounded
-_RIDGE = 1e-5
-_MAX_INVERSE_DISPERSION = 1e3  # theta >= 1e-3: a gene bursting that hard is a fitting artefact
-
-
-def training_summary(model: GMMVAE, data: CellData) -> dict[str, Any]:
-    """Frequencies, log-library quantiles and the latent Gaussian of each component of the
-    training cells, JSON-ready.
-
-    A cell's component is its label, or its most probable component when unlabelled.
-    """
-    fields = ["component", "component_mean", "library"]
-    encoded = model._encode(data, fields)
-    inverse_dispersion = refit_inverse_dispersion(
-        model, data, encoded["component_mean"], encoded["library"]
-    )
-    components, library = encoded["component"], encoded["library"]
-    c = model.config
-    log_lib = np.log(np.maximum(library, 1.0))
-    per_component = []
-    for k in range(c.n_components):  # K quantile vectors, once after training
-        cells = log_lib[components == k]
-        source = cells if len(cells) >= _MIN_CELLS_PER_COMPONENT else log_lib
-        per_component.append(np.quantile(source, _QUANTILES).round(5).tolist())
-    return {
-        "component_frequencies": _frequencies(components, c.n_components),
-        "condition_frequencies": _frequencies(data.conditions.numpy(), c.n_conditions),
-        "batch_frequencies": _frequencies(data.batches.numpy(), c.n_batches),
-        "log_library_quantiles": per_component,
-        **embedding_gaussians(
-            encoded, log_lib, data.conditions.numpy(), c.n_components, c.n_conditions
-        ),
-        "embedding_inverse_dispersion": inverse_dispersion,
-    }
-
-
-def embedding_gaussians(
-    encoded: dict[str, np.ndarray],
-    log_lib: np.ndarray,
-    conditions: np.ndarray,
-    n_components: int,
-    n_conditions: int,
-) -> dict[str, list]:
-    """Per component, and per component and condition, a Gaussian over (z, log library)
-    fitted to the training cells.
-
-    z is each cell's posterior mean under its component, E[z | x, y]; the log library size is
-    appended so that both are drawn jointly (deeper cells sit elsewhere in the latent).
-    Stored: the joint mean and covariance (plus a small ridge) of each component
-    (``embedding_means``, ``embedding_covariances``) and of each (component, condition)
-    (``embedding_condition_means``, ``embedding_condition_covariances``, K x C). The
-    encoder sees the condition, yet a type's treated cells still sit apart from its control
-    cells in z, so one Gaussian per type blends both states into every cell it draws; on an
-    inner split of Kang's training cells (2 trainings) the per-condition Gaussians lowered
-    the two-sample AUC (see BENCHMARKS.md). Groups with fewer than
-    ``_MIN_CELLS_PER_COMPONENT`` cells get ``None``: generation falls back to the
-    component's Gaussian, then to p(z|y). Adding the cells' posterior variance (the full
-    aggregate posterior) or resampling the cells themselves scored worse.
-    """
-    components = encoded["component"]
-    joint = np.column_stack([encoded["component_mean"], log_lib]).astype(float)
-    out: dict[str, list] = {"embedding_means": [], "embedding_covariances": []}
-    out |= {"embedding_condition_means": [], "embedding_condition_covariances": []}
-    for k in range(n_components):  # K (C + 1) small (d + 1)^2 covariances, once
-        mean, cov = _gaussian(joint[components == k])
-        out["embedding_means"].append(mean)
-        out["embedding_covariances"].append(cov)
-        per_condition = [
-            _gaussian(joint[(components == k) & (conditions == c)]) for c in range(n_conditions)
-        ]
-        out["embedding_condition_means"].append([m for m, _ in per_condition])
-        out["embedding_condition_covariances"].append([v for _, v in per_condition])
-    return out
-
-
-@torch.no_grad()
-def refit_inverse_dispersion(
-    model: GMMVAE, data: CellData, z: np.ndarray, library: np.ndarray
-) -> list[float] | None:
-    """Per-gene 1/theta of the training counts around the decoder's mean at each cell's
-    posterior mean E[z | x, y], by moments; None for Poisson and Gaussian models.
-
-    The learned theta is fitted with z sampled from q(z|x), so it also absorbs the spread of
-    those samples around the posterior mean. Cells drawn from the embedding Gaussians sit at
-    posterior means already, and with the learned theta they came out too dispersed: more
-    zeros than real cells and a higher two-sample AUC. Moments, per gene g over cells i with
-    decoder mean mu and (ZINB) kept fraction p = 1 - dropout: the excess variance
-    sum((x - p mu)^2 - p mu - p (1 - p) mu^2) = (1/theta) sum(p mu^2). Genes without counts
-    keep the learned value.
-    """
-    likelihood = model.config.likelihood
-    if likelihood not in ("nb", "zinb"):
-        return None
-    excess = scale = learned = None
-    start = 0
-    for batch in make_loader(data, _CHUNK, shuffle=False):
-        part = slice(start, start + len(batch["x"]))
-        start = part.stop
-        codes = (batch["condition"].numpy(), batch["batch"].numpy())
-        params = model._decode(z[part], library[part], *codes)
-        mu, x = params["mu"], batch["x"].to(params["mu"].device)
-        kept = torch.ones_like(mu)
-        if likelihood == "zinb":
-            kept = torch.sigmoid(-params["dropout_logits"])
-        mean = kept * mu
-        batch_excess = ((x - mean) ** 2 - mean - kept * (1 - kept) * mu**2).sum(0)
-        batch_scale = (kept * mu**2).sum(0)
-        excess = batch_excess if excess is None else excess + batch_excess
-        scale = batch_scale if scale is None else scale + batch_scale
-        learned = 1.0 / params["theta"].clamp(min=1e-8).expand_as(mu)[0]
-    if excess is None:
-        return None
-    inverse = torch.where(scale > 0, excess / scale.clamp(min=1e-12), learned)
-    return inverse.clamp(1.0 / THETA_MAX, _MAX_INVERSE_DISPERSION).cpu().round(decimals=6).tolist()
-
-
-def _gaussian(cells: np.ndarray) -> tuple[list | None, list | None]:
-    """Mean and ridged covariance of ``cells`` (n, d + 1), JSON-ready; None if too few."""
-    if len(cells) < _MIN_CELLS_PER_COMPONENT:
-        return None, None
-    cov = np.cov(cells, rowvar=False) + _RIDGE * np.eye(cells.shape[1])
-    return cells.mean(0).round(6).tolist(), cov.round(8).tolist()
-
-
-def _frequencies(codes: np.ndarray, n: int) -> list[float]:
-    counts = np.bincount(codes, minlength=n).astype(float)
-    return (counts / max(counts.sum(), 1.0)).tolist()
 
 
 def _codes_for(
@@ -238,8 +106,8 @@ def _library_sizes(
     quantiles = np.asarray(model.generation_summary["log_library_quantiles"])  # (K, 101)
     u = rng.uniform(size=len(components))
     # Inverse CDF per cell, vectorised: the bracketing quantile of each draw, interpolated.
-    position = u * (len(_QUANTILES) - 1)
-    lower = np.minimum(position.astype(int), len(_QUANTILES) - 2)
+    position = u * (len(QUANTILES) - 1)
+    lower = np.minimum(position.astype(int), len(QUANTILES) - 2)
     frac = position - lower
     rows = quantiles[components]
     log_lib = (
@@ -252,7 +120,7 @@ def _embedding_draws(
     model: GMMVAE, components: np.ndarray, conditions: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z, log library) from each cell's (component, condition) Gaussian, or its component's
-    when that group had too few cells (:func:`embedding_gaussians`).
+    when that group had too few cells (:func:`gmmvae.generation_summary.embedding_gaussians`).
 
     Returns z (n, d), log library (n,) and a mask of the cells that got a Gaussian (the
     others are to be drawn from p(z|y)).
@@ -319,16 +187,16 @@ def generate(
     the library size, then counts from the likelihood.
 
     With ``latent="embedding"`` (default) z and the log library size are drawn jointly from a
-    Gaussian fitted, after training, to the training cells of the component under the
-    requested condition (the component's cells of every condition when that group has fewer
-    than 10): their posterior means E[z | x, y] and their library sizes. Counts are then
-    drawn around the decoder's mean with a per-gene dispersion refitted to the training
-    cells at their posterior means (:func:`refit_inverse_dispersion`; NB and ZINB), since
-    the learned one also covers the spread of z ~ q(z|x). ``latent="prior"`` draws z from
-    the learned p(z|y) with the learned dispersion instead; the KL term keeps p(z|y) broader
-    than the cells' embedding, so its cells are more spread than real ones. Which choice
-    moved which score, measured on inner splits of the benchmark's training cells, is in
-    BENCHMARKS.md (synthetic cells).
+    Gaussian fitted, after training, to the training cells of the component under the requested
+    condition (the component's cells of every condition when that group has fewer than 10):
+    their posterior means E[z | x, y] and their library sizes. Counts are then drawn around the
+    decoder's mean with a per-gene dispersion refitted to the training cells at their posterior
+    means (NB and ZINB; :func:`gmmvae.generation_summary.refit_inverse_dispersion`), since the
+    learned one also covers the spread of z ~ q(z|x). ``latent="prior"`` draws z from the
+    learned p(z|y) with the learned dispersion instead; the KL term keeps p(z|y) broader than
+    the cells' embedding, so its cells are more spread than real ones. Which choice moved which
+    score, measured on inner splits of the benchmark's training cells, is in BENCHMARKS.md
+    (synthetic cells).
 
     Parameters
     ----------
@@ -390,8 +258,8 @@ def generate(
             library = np.where(fitted, np.round(np.exp(log_lib)).clip(min=1.0), library)
     chunks = []
     with seeded_rng(seed):
-        for start in range(0, n, _CHUNK):
-            part = slice(start, start + _CHUNK)
+        for start in range(0, n, CHUNK):
+            part = slice(start, start + CHUNK)
             z = model._sample_prior(components[part])
             if embedding:
                 from_cells = torch.as_tensor(fitted[part], device=z.device).unsqueeze(-1)

@@ -9,9 +9,11 @@ only the small interface in the "interface" section below). No tensor maths here
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import os
+import types
 import warnings
 from typing import Any, Literal
 
@@ -20,24 +22,12 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from gmmvae import (
-    analysis,
-    collapse,
-    de,
-    generation,
-    likelihood,
-    novelty,
-    perturbation,
-    pp,
-    query,
-    registry,
-    schedule,
-)
+from gmmvae import collapse, novelty, pp, registry, schedule
 from gmmvae._seed import seeded_rng
-from gmmvae.calibration import apply_temperature, fit_temperature
 from gmmvae.config import build_config, component_names
 from gmmvae.data import CellData
 from gmmvae.errors import GMMVAEInputError
+from gmmvae.generation_summary import training_summary
 from gmmvae.inference import encode, module_device
 from gmmvae.io import load_directory, model_state, save_directory
 from gmmvae.module import GMMVAEModule, ModuleConfig
@@ -48,6 +38,7 @@ from gmmvae.options import (
     DEFAULT_PLACEMENT,
     DEFAULT_VARIANT,
     LIKELIHOODS,
+    QUERY_KEY,
     Likelihood,
     MixturePlacement,
     Variant,
@@ -63,6 +54,22 @@ from gmmvae.validation import (
 from gmmvae.variants import build_module
 
 logger = logging.getLogger(__name__)
+
+
+class _Delegated:
+    """A method whose code lives in another module, imported when first looked up.
+
+    Analysis modules (DE, generation, perturbation, ...) load only in a process that uses
+    them; a benchmark row records the modules that made it, so a change to one of them stales
+    only the rows that ran it. Signature and docstring are the function's own.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        function = getattr(importlib.import_module(f"gmmvae.{self.module}"), self.name)
+        return function if instance is None else types.MethodType(function, instance)
 
 
 class GMMVAE:
@@ -348,7 +355,12 @@ class GMMVAE:
             pretrain_steps=pretrain_steps,
             warmup_steps=0 if is_query and kl_warmup_steps is None else kl_warmup_steps,
         )
-        frozen = query.FrozenReference(self) if is_query else contextlib.nullcontext()
+        if is_query:
+            from gmmvae.query import FrozenReference
+
+            frozen = FrozenReference(self)
+        else:
+            frozen = contextlib.nullcontext()
         with frozen:
             fitted = self._fit(
                 data,
@@ -379,7 +391,7 @@ class GMMVAE:
                 k: self.train_params.get(k) for k in ("temperature", "n_calibration_cells")
             }
         else:
-            self.generation_summary = generation.training_summary(self, train_cells)
+            self.generation_summary = training_summary(self, train_cells)
             calibration = self._calibrate(data.subset(split.validation), enabled=calibrate)
             self.novelty_reference = self._novelty_reference(data, split, seed)
         steps = int(history[-1]["step"]) if history else 0
@@ -424,7 +436,7 @@ class GMMVAE:
     @property
     def is_query(self) -> bool:
         """Whether this model came from :meth:`load_query_data`."""
-        return query.QUERY_KEY in self.registry
+        return QUERY_KEY in self.registry
 
     @classmethod
     def load_query_data(
@@ -445,7 +457,9 @@ class GMMVAE:
         >>> query_model.train(max_epochs=100)  # doctest: +SKIP
         >>> query_model.predict(query)  # doctest: +SKIP
         """
-        return query.load_query_data(adata, reference_model, train_encoder=train_encoder)
+        from gmmvae.query import load_query_data
+
+        return load_query_data(adata, reference_model, train_encoder=train_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -463,6 +477,8 @@ class GMMVAE:
         labelled = labels >= 0
         if not enabled or not labelled.any():
             return {"temperature": 1.0, "n_calibration_cells": 0}
+        from gmmvae.calibration import fit_temperature
+
         probs = self._encode(held_out.subset(np.flatnonzero(labelled)), ["probs"])["probs"]
         temperature = fit_temperature(probs, labels[labelled])
         return {"temperature": temperature, "n_calibration_cells": int(labelled.sum())}
@@ -575,7 +591,12 @@ class GMMVAE:
         reference = self.novelty_reference
         threshold = reference.threshold(novelty_quantile) if reference is not None else None
         posterior = self._posteriors(adata, ["probs", "latent"], batch_size)
-        probs = apply_temperature(posterior["probs"], self.train_params.get("temperature", 1.0))
+        probs = posterior["probs"]
+        temperature = self.train_params.get("temperature", 1.0)
+        if temperature != 1.0:  # T = 1 leaves the probabilities as they are
+            from gmmvae.calibration import apply_temperature
+
+            probs = apply_temperature(probs, temperature)
         probs = probs.astype(np.float32)
         best = probs.argmax(1)
         confidence = probs.max(1)
@@ -605,13 +626,13 @@ class GMMVAE:
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.component_names)
 
     # The signatures and docstrings live with the code that does the work.
-    generate = generation.generate
-    predict_perturbation = perturbation.predict_perturbation
-    get_normalized_expression = analysis.get_normalized_expression
-    posterior_predictive_sample = analysis.posterior_predictive_sample
-    differential_expression = de.differential_expression
-    get_elbo = likelihood.get_elbo
-    get_marginal_ll = likelihood.get_marginal_ll
+    generate = _Delegated("generation", "generate")
+    predict_perturbation = _Delegated("perturbation", "predict_perturbation")
+    get_normalized_expression = _Delegated("analysis", "get_normalized_expression")
+    posterior_predictive_sample = _Delegated("analysis", "posterior_predictive_sample")
+    differential_expression = _Delegated("de", "differential_expression")
+    get_elbo = _Delegated("likelihood", "get_elbo")
+    get_marginal_ll = _Delegated("likelihood", "get_marginal_ll")
 
     # -------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -27,6 +27,7 @@ DEFAULT_GENERATION_LATENT: GenerationLatent = "embedding"
 DEFAULT_FREE_COMPONENTS = 1
 DEFAULT_KEY = "gmmvae"
 UNLABELED_CATEGORY = "Unknown"
+QUERY_KEY = "query_batches"  # registry entry: the batches a query model added
 
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -26,13 +26,13 @@ from anndata import AnnData
 
 from gmmvae.errors import GMMVAEInputError
 from gmmvae.module import GMMVAEModule
+from gmmvae.options import QUERY_KEY
 from gmmvae.registry import REGISTRY_KEY, get_registry
 from gmmvae.validation import align_genes, check_obs_key, ensure_actual
 
 if TYPE_CHECKING:
     from gmmvae.model import GMMVAE
 
-QUERY_KEY = "query_batches"  # registry entry: the batches a query model added
 ENCODER_KEY = "query_train_encoder"  # registry entry: whether the encoder trunk learns
 TRUNK_PREFIX = "encoder."
 
