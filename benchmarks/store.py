@@ -23,7 +23,17 @@ e.g. ``gmmvae/cli.py`` and ``gmmvae/demo.py``): a benchmark process never loads 
 they cannot change its rows. Imports inside functions count. A row whose stored code
 fingerprint was made under an earlier definition is compared through git the same way.
 
-A unit is skipped only when a row with the same key and a current fingerprint (either kind)
+Rows made since per-row module lists also carry ``modules``: the package files the process
+had loaded when the row was written (Python modules in ``sys.modules``, plus every non-Python
+file of the package), and ``module_fingerprint``, the code fingerprint of those files and the
+benchmark files. Such a row stays current while those files' code is unchanged, whatever
+happens to modules it never loaded: the package imports its analysis modules (DE,
+perturbation, generation, query mapping, choosing K, plotting) on first use, so a change to
+``gmmvae/de.py`` stales the DE rows and not the clustering ones. Not for protocols that
+train in a subprocess (:data:`SUBPROCESS_PROTOCOLS`), whose loaded modules this process
+cannot see.
+
+A unit is skipped only when a row with the same key and a current fingerprint (any kind)
 exists; tables use, per key, the newest such row (:func:`current_rows`).
 """
 
@@ -84,6 +94,9 @@ PROTOCOL_FILES = {
     "query_batch": ("protocols/query_batch.py",),
     "speed": ("protocols/speed.py", "protocols/speed_rows.py", "annbatch_worker.py"),
 }
+# Protocols whose gmmvae rows are made in another process: their rows keep the whole-package
+# fingerprint, since this process does not know which modules that one loaded.
+SUBPROCESS_PROTOCOLS = ("speed",)
 # gmmvae modules that peer rows also depend on.
 SHARED_MODULES = (
     "gmmvae.clustering",
@@ -156,6 +169,32 @@ def code_fingerprint(protocol: str, scope: Scope) -> str:
     and, for gmmvae rows, without the modules no import reaches (:func:`reachable`)."""
     files = _code_files(protocol, scope)
     return _code_digest({name: path.read_bytes() for name, path in files.items()}, scope)
+
+
+def loaded_modules() -> list[str]:
+    """Relative names (``gmmvae/...``) of the package's Python files this process has loaded,
+    and of every non-Python file of the package (which any of them may read)."""
+    base = package_dir()
+    names = {_relative(p) for p in _tree(base) if p.suffix != ".py"}
+    for loaded in list(sys.modules.values()):
+        file = getattr(loaded, "__file__", None)
+        if file and Path(file).suffix == ".py" and Path(file).is_relative_to(base):
+            names.add(_relative(Path(file)))
+    return sorted(names)
+
+
+@functools.cache
+def module_fingerprint(protocol: str, modules: tuple[str, ...]) -> str | None:
+    """Code fingerprint (prose left out) of the benchmark files of ``protocol`` and the package
+    files named in ``modules``; None when one of those files no longer exists."""
+    contents = {_relative(path): path.read_bytes() for path in bench_files(protocol)}
+    base = package_dir().parent
+    for name in modules:
+        path = base / name
+        if not path.is_file():
+            return None
+        contents[name] = path.read_bytes()
+    return _digest(contents, prose=False)
 
 
 def _code_digest(contents: dict[str, bytes], scope: Scope) -> str:
@@ -338,6 +377,8 @@ def is_current(row: dict[str, Any], protocol: str) -> bool:
         return False
     if stored == fingerprint(protocol, scope):
         return True
+    if row.get("modules") is not None and row.get("module_fingerprint"):
+        return module_fingerprint(protocol, tuple(row["modules"])) == row["module_fingerprint"]
     now = code_fingerprint(protocol, scope)
     if row.get("code_fingerprint") == now:
         return True
@@ -426,11 +467,20 @@ def command_line() -> str:
 
 
 def provenance(protocol: str, scope: Scope) -> dict[str, Any]:
-    """Every provenance field of a row made now by code of ``scope``."""
+    """Every provenance field of a row made now by code of ``scope``; for gmmvae rows of
+    in-process protocols, also the package files loaded so far (:func:`loaded_modules`)."""
+    loaded: dict[str, Any] = {}
+    if scope == "gmmvae" and protocol not in SUBPROCESS_PROTOCOLS:
+        modules = loaded_modules()
+        loaded = {
+            "modules": modules,
+            "module_fingerprint": module_fingerprint(protocol, tuple(modules)),
+        }
     return {
         **code_state(),
         "fingerprint": fingerprint(protocol, scope),
         "code_fingerprint": code_fingerprint(protocol, scope),
+        **loaded,
         "scope": scope,
         "versions": versions(),
         "machine": machine(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -106,3 +108,53 @@ def test_the_benchmarks_never_load_the_cli_or_the_demo():
     left_out = set(files) - store.reachable({n: p.read_bytes() for n, p in files.items()})
     assert {"gmmvae/cli.py", "gmmvae/demo.py"} <= left_out
     assert "gmmvae/model.py" not in left_out and "gmmvae/training.py" not in left_out
+
+
+def test_rows_with_module_lists_depend_on_those_modules_only(tmp_path, monkeypatch):
+    package = tmp_path / "gmmvae"
+    package.mkdir()
+    for name, body in {"__init__.py": "", "model.py": "x = 1\n", "de.py": "y = 1\n"}.items():
+        (package / name).write_text(body)
+    monkeypatch.setattr(store, "package_dir", lambda: package)
+    monkeypatch.setattr(store, "bench_files", lambda protocol: [])
+    fingerprint = store.module_fingerprint.__wrapped__
+    loaded = ("gmmvae/__init__.py", "gmmvae/model.py")
+    before = fingerprint("clustering", loaded)
+    (package / "de.py").write_text("y = 2\n")  # never loaded by these rows
+    assert fingerprint("clustering", loaded) == before
+    (package / "model.py").write_text('"""Now documented."""\nx = 1\n')  # prose only
+    assert fingerprint("clustering", loaded) == before
+    (package / "model.py").write_text("x = 2\n")
+    assert fingerprint("clustering", loaded) != before
+    assert fingerprint("clustering", (*loaded, "gmmvae/gone.py")) is None
+
+
+def test_a_module_list_decides_whether_a_new_row_is_current(fingerprints, monkeypatch):
+    monkeypatch.setattr(store, "module_fingerprint", lambda protocol, modules: "modules-now")
+    row = {"scope": "gmmvae", "fingerprint": "old", "code_fingerprint": "code-now"}
+    row |= {"modules": ["gmmvae/model.py"], "dirty": False, "commit": "abc"}
+    assert store.is_current({**row, "module_fingerprint": "modules-now"}, "clustering")
+    # the whole-package code fingerprint no longer decides for such a row
+    assert not store.is_current({**row, "module_fingerprint": "modules-then"}, "clustering")
+
+
+def test_loaded_modules_are_package_files_and_name_the_model():
+    names = store.loaded_modules()
+    assert {"gmmvae/__init__.py", "gmmvae/model.py", "gmmvae/py.typed"} <= set(names)
+    assert all(name.startswith("gmmvae/") for name in names)
+    assert (store.package_dir().parent / names[0]).is_file()
+
+
+def test_importing_the_package_leaves_the_analysis_modules_unloaded():
+    probe = (
+        "import sys, gmmvae\n"
+        "loaded = {m for m in sys.modules if m.startswith('gmmvae.')}\n"
+        "print(sorted(loaded & {'gmmvae.de', 'gmmvae.perturbation', 'gmmvae.analysis',"
+        " 'gmmvae.plotting', 'gmmvae.query', 'gmmvae.likelihood', 'gmmvae.selection',"
+        " 'gmmvae.calibration', 'gmmvae.generation', 'gmmvae.response'}))\n"
+        "assert gmmvae.GMMVAE.differential_expression.__name__ == 'differential_expression'\n"
+        "assert 'gmmvae.de' in sys.modules and gmmvae.pl.__name__ == 'gmmvae.plotting'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
