@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,17 @@ def test_overrides_and_their_errors():
         )
     plan = plan_schedule(n_train_cells=2000, steps_per_epoch=8, places_mixture=False)
     assert plan.pretrain_steps == -1 and plan.warmup_steps > 0
+
+
+def test_a_user_warmup_cut_by_the_cap_says_so():
+    options = {"n_train_cells": 2000, "steps_per_epoch": 8, "places_mixture": True}
+    with pytest.warns(UserWarning, match="kl_warmup_steps=1000 was shortened to"):
+        plan = plan_schedule(**options, max_epochs=20, warmup_steps=1000)
+    assert plan.warmup_steps < 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default warm-up shortens without a word
+        plan_schedule(**options, max_epochs=20)
+        plan_schedule(**options, max_epochs=20, warmup_steps=10)
 
 
 def test_split_keeps_every_labelled_type_in_training():

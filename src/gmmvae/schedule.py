@@ -125,6 +125,7 @@ def plan_schedule(
     """
     spe = max(steps_per_epoch, 1)
     pretrain = PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
+    requested_warmup = warmup_steps
     if warmup_steps is None:
         warmup_steps = WARMUP_PER_PRETRAIN * max(pretrain, 0)
     pretrain = pretrain if places_mixture else -1
@@ -137,6 +138,14 @@ def plan_schedule(
             pretrain = min(pretrain, int(CAPPED_PRETRAIN_SHARE * total))
         # Full KL for the second half of the mixture phase (of the run, without a placement).
         warmup = min(warmup, max(pretrain, 0) + (total - max(pretrain, 0)) // 2)
+        if requested_warmup is not None and warmup < requested_warmup:
+            warnings.warn(
+                f"kl_warmup_steps={requested_warmup} was shortened to {warmup} so that this "
+                f"run of {total} steps ({spe} per epoch) optimises the full ELBO for its "
+                "second half; pass more max_epochs or max_steps to keep the longer warm-up.",
+                UserWarning,
+                stacklevel=3,  # the user's call to GMMVAE.train
+            )
     if pretrain >= total:
         raise GMMVAEInputError(
             f"pretrain_steps={pretrain} leaves no step for the mixture in a run of {total} "
