@@ -49,6 +49,22 @@ def dataset(part: str, seed: int):
     return ds.adata.copy(), ds.labels_key
 
 
+def labelled_data(part: str, fraction: float, seed: int):
+    """(AnnData set up with ``fraction`` of its labels in obs["masked"], truth, masked)."""
+    import gmmvae
+
+    adata, key = dataset(part, seed)
+    truth = adata.obs[key].astype(str).to_numpy()
+    masked = np.asarray(
+        gmmvae.datasets.mask_labels(
+            adata.obs[key].astype(str), fraction, seed=seed, unlabeled_category=UNKNOWN
+        )
+    )
+    adata.obs["masked"] = masked
+    gmmvae.GMMVAE.setup_anndata(adata, labels_key="masked", unlabeled_category=UNKNOWN)
+    return adata, truth, masked
+
+
 def run_one(part: str, fraction: float, seed: int) -> Path:
     """Train one labelled model; save raw probabilities of hidden and calibration cells."""
     import gmmvae
@@ -57,13 +73,7 @@ def run_one(part: str, fraction: float, seed: int) -> Path:
     path = OUT / f"{part}_{fraction:g}_{seed}.npz"
     if path.exists():
         return path
-    adata, key = dataset(part, seed)
-    truth = adata.obs[key].astype(str).to_numpy()
-    masked = gmmvae.datasets.mask_labels(
-        adata.obs[key].astype(str), fraction, seed=seed, unlabeled_category=UNKNOWN
-    )
-    adata.obs["masked"] = np.asarray(masked)
-    gmmvae.GMMVAE.setup_anndata(adata, labels_key="masked", unlabeled_category=UNKNOWN)
+    adata, truth, masked = labelled_data(part, fraction, seed)
     model = gmmvae.GMMVAE(adata, seed=seed)
     captured = {}
     original = model_module.fit_temperature
@@ -158,10 +168,13 @@ def report() -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(run_one, report, fractions, *, default_seeds: list[int], doc: str) -> None:
+    """The shared command line of the few-label experiments: train ``--part`` at each label
+    fraction and seed (``run_one(part, fraction, seed)`` returns the cached run's path), or
+    ``--report`` on the cached runs."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--part", choices=("kang", "simulated"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=default_seeds)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
@@ -172,9 +185,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
-        for fraction in FRACTIONS:
-            path = run_one(args.part, fraction, seed)
-            print(path, flush=True)
+        for fraction in fractions:
+            print(run_one(args.part, fraction, seed), flush=True)
+
+
+def main() -> None:
+    command_line(run_one, report, FRACTIONS, default_seeds=[0, 1], doc=__doc__)
 
 
 if __name__ == "__main__":

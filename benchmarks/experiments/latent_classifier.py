@@ -36,14 +36,13 @@ and a temperature chosen out of fold it matches q(y|x) at 5 % labels and over-so
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.experiments.few_label_temperature import UNKNOWN, dataset
+from benchmarks.experiments.few_label_temperature import UNKNOWN, command_line, labelled_data
 
 #: Per-run arrays (git-ignored); the summary goes to results/latent_classifier.txt.
 OUT = Path(__file__).parent / "cache" / "latent_classifier"
@@ -57,15 +56,7 @@ def run_one(part: str, fraction: float, seed: int) -> Path:
     path = OUT / f"{part}_{fraction:g}_{seed}.npz"
     if path.exists():
         return path
-    adata, key = dataset(part, seed)
-    truth = adata.obs[key].astype(str).to_numpy()
-    masked = np.asarray(
-        gmmvae.datasets.mask_labels(
-            adata.obs[key].astype(str), fraction, seed=seed, unlabeled_category=UNKNOWN
-        )
-    )
-    adata.obs["masked"] = masked
-    gmmvae.GMMVAE.setup_anndata(adata, labels_key="masked", unlabeled_category=UNKNOWN)
+    adata, truth, masked = labelled_data(part, fraction, seed)
     model = gmmvae.GMMVAE(adata, seed=seed)
     start = time.perf_counter()
     model.train(seed=seed, progress_bar=False)
@@ -179,21 +170,7 @@ def report() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("kang", "simulated"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args()
-    if args.report:
-        report()
-        return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    for seed in args.seeds:
-        for fraction in FRACTIONS:
-            print(run_one(args.part, fraction, seed), flush=True)
+    command_line(run_one, report, FRACTIONS, default_seeds=[0], doc=__doc__)
 
 
 if __name__ == "__main__":
