@@ -396,3 +396,27 @@ def test_marker_dotplot(one_vs_rest, one_batch):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["g1", "g2"]
     with pytest.raises(MissingKeyError, match=r"not in adata\.var_names"):
         plotting_de.marker_dotplot(adata, ["g1", "CD3D"], "cell_type")
+
+
+def test_marker_dotplot_skips_genes_of_few_cells(one_batch):
+    _, adata = one_batch
+    genes = list(adata.var_names[:4])
+    frame = pd.DataFrame(
+        {
+            "lfc_mean": [9.0, 2.0, 1.5, 1.0],
+            "bayes_factor": [18.0, 18.0, 1.0, 18.0],
+            "non_zeros_proportion1": [0.02, 0.7, 0.6, 0.5],
+            "group1": "type_0",
+        },
+        index=genes,
+    )
+
+    def shown(**kwargs):
+        fig = plotting_de.marker_dotplot(adata, frame, "cell_type", n_genes=2, **kwargs)
+        return [t.get_text() for t in fig.axes[0].get_xticklabels()]
+
+    # The gene seen in 2 % of cells and the uncertain one are left out by default.
+    assert shown() == [genes[1], genes[3]]
+    assert shown(min_fraction=None, min_bayes_factor=None) == genes[:2]
+    with pytest.raises(MissingKeyError, match="min_fraction=None"):
+        plotting_de.marker_dotplot(adata, frame.drop(columns="non_zeros_proportion1"), "cell_type")

@@ -139,21 +139,39 @@ def _volcano_panel(
 
 # ------------------------------------------------------------------------------ dot plot
 def _marker_genes(
-    markers: pd.DataFrame | Mapping[str, Sequence[str]] | Sequence[str], n_genes: int
+    markers: pd.DataFrame | Mapping[str, Sequence[str]] | Sequence[str],
+    n_genes: int,
+    min_fraction: float | None = None,
+    min_bayes_factor: float | None = None,
 ) -> dict[str, list[str]]:
-    """Genes per heading: the top up-regulated genes of each group1 of a DE frame, a mapping
-    as given, or one untitled block for a plain list."""
+    """Genes per heading: the top up-regulated genes of each group1 of a DE frame (those
+    passing the thresholds that are given), a mapping as given, or one untitled block for a
+    plain list."""
     if isinstance(markers, pd.DataFrame):
         if "lfc_mean" not in markers:
             raise MissingKeyError(
                 "markers is a DataFrame without an lfc_mean column; pass the output of "
                 "differential_expression, a {group: genes} mapping or a list of genes."
             )
+        keep = (markers["lfc_mean"] > 0).to_numpy()
+        thresholds = (
+            ("non_zeros_proportion1", min_fraction, "min_fraction"),
+            ("bayes_factor", min_bayes_factor, "min_bayes_factor"),
+        )
+        for column, threshold, option in thresholds:
+            if threshold is None:
+                continue
+            if column not in markers:
+                raise MissingKeyError(
+                    f"markers has no {column} column for {option}={threshold}; pass the "
+                    f"output of differential_expression, or {option}=None."
+                )
+            keep &= (markers[column] > threshold).to_numpy()
         groups = markers["group1"] if "group1" in markers else pd.Series("", markers.index)
         picked: dict[str, list[str]] = {}
         seen: set[str] = set()
         for group in pd.unique(groups):
-            part = markers[(groups == group).to_numpy() & (markers["lfc_mean"] > 0).to_numpy()]
+            part = markers[(groups == group).to_numpy() & keep]
             genes = [str(g) for g in part.index if str(g) not in seen][:n_genes]
             seen.update(genes)
             picked[str(group)] = genes
@@ -209,6 +227,8 @@ def marker_dotplot(
     groupby: str,
     *,
     n_genes: int = 5,
+    min_fraction: float | None = 0.1,
+    min_bayes_factor: float | None = 3.0,
     layer: str | None = None,
     log_normalize: bool | None = None,
     standard_scale: Literal["var"] | None = "var",
@@ -225,13 +245,20 @@ def marker_dotplot(
         Cells with their values in ``X`` or ``layers[layer]`` and ``obs[groupby]``.
     markers
         The output of :func:`gmmvae.de.differential_expression` (the first ``n_genes``
-        up-regulated genes of each ``group1``, in the frame's order, each gene once), a
-        mapping ``{heading: genes}``, or a list of genes.
+        up-regulated genes of each ``group1`` that pass ``min_fraction`` and
+        ``min_bayes_factor``, in the frame's order, each gene once), a mapping
+        ``{heading: genes}``, or a list of genes.
     groupby
         obs column of the groups drawn as rows (for components, the ``gmmvae_label`` that
         :meth:`~gmmvae.GMMVAE.predict` writes).
     n_genes
         Genes per group taken from a DE frame.
+    min_fraction, min_bayes_factor
+        For a DE frame: take only genes seen in more than this share of group 1's cells
+        (``non_zeros_proportion1``) and with a Bayes factor above this
+        (``bayes_factor``, log odds), scvi-tools' quick-start marker recipe. Without them a
+        gene seen in a handful of cells, certain to be higher and with a huge fold change,
+        can outrank the group's broad markers. ``None`` drops a threshold.
     layer
         Layer with the values; ``None`` uses ``X``.
     log_normalize
@@ -250,7 +277,8 @@ def marker_dotplot(
     gene blocks), then the colour bar's.
     """
     check_obs_key(adata, groupby, "groupby")
-    blocks = {k: v for k, v in _marker_genes(markers, n_genes).items() if v}
+    picked = _marker_genes(markers, n_genes, min_fraction, min_bayes_factor)
+    blocks = {k: v for k, v in picked.items() if v}
     genes = [g for block in blocks.values() for g in block]
     if not genes:
         raise GMMVAEInputError("markers names no genes; pass at least one gene.")
