@@ -38,6 +38,16 @@ Rankings. gmmvae and scVI: genes with ``lfc_mean > 0`` first, then by ``proba_de
 ``lfc_mean``; Wilcoxon: its ``scores`` (the signed z statistic). ``auprc_lfc`` ranks by the
 estimated log fold change alone (``lfc_mean``; Wilcoxon ``logfoldchanges``).
 
+Each tool's documented marker recipe, reported beside the headline (``*_recipe``; added
+2026-12-07 without changing the headline ranking): what a user who follows the tool's own
+tutorial puts in a dot plot. gmmvae and scVI (one layout, so one recipe): scvi-tools'
+quick-start filter, genes with ``lfc_mean > 0``, ``bayes_factor > 3`` and
+``non_zeros_proportion1 > 0.1``, in the ranking above, then every other gene. Wilcoxon:
+``sc.tl.filter_rank_genes_groups`` at its defaults (in-group fraction >= 0.25, fold change
+>= 2, out-group fraction <= 0.5), the kept genes in score order, then every other gene.
+``tied_at_top``: genes per group with ``lfc_mean > 0`` and ``proba_de = 1`` (every draw past
+delta), whose order only the tie-break decides (Bayesian methods only).
+
 Cost at the defaults, one CPU thread: per seed and dataset one gmmvae training (at least
 4,000 optimiser steps on data this small, 4-8 minutes) and one scVI training (400 epochs,
 3-4 minutes); each DE call takes seconds. Three datasets x three seeds: about 1.5-3 h.
@@ -63,8 +73,8 @@ QUICK_DATASETS = ("simulated", "zheng_fine")
 METHODS = ("gmmvae", "scvi", "wilcoxon")
 # Display names of the methods that methods.NAMES lacks (report.py merges them).
 NAMES = {"wilcoxon": "Wilcoxon (scanpy)"}
-SIMULATED_METRICS = ("auprc", "auprc_lfc", "auprc_min", "prevalence")
-MARKER_METRICS = ("hit_fraction", "marker_rank_median")
+SIMULATED_METRICS = ("auprc", "auprc_lfc", "auprc_recipe", "auprc_min", "prevalence", "tied_at_top")
+MARKER_METRICS = ("hit_fraction", "marker_rank_median", "hit_fraction_recipe", "tied_at_top")
 METRICS = (*SIMULATED_METRICS, *MARKER_METRICS)
 HEADLINE = "auprc"
 LOWER_IS_BETTER = ("marker_rank_median",)
@@ -80,6 +90,9 @@ CANONICAL = {
 }
 DE_OPTIONS = {"mode": "change", "delta": 0.25, "n_samples": 5000}  # both models' defaults
 RANKING = "lfc_mean > 0 first, then proba_de, then lfc_mean"
+# scvi-tools' quick-start marker filter, applied to gmmvae's and scVI's frames alike.
+SCVI_RECIPE = {"lfc_mean": 0.0, "bayes_factor": 3.0, "non_zeros_proportion1": 0.1}
+WILCOXON_RECIPE = "sc.tl.filter_rank_genes_groups defaults"
 DESCRIPTIONS = {
     "simulated": "`gmmvae.datasets.simulate(n_cells=2000, n_genes=1000, n_types=5, "
     "seed=seed)`, all 1,000 genes; truth: each type's 50 planted marker genes",
@@ -107,7 +120,15 @@ DESCRIPTION = (
     "population the top-10 genes of each ranking; `hit_fraction` = the share of the "
     "canonical markers (B MS4A1/CD79A, CD14 Mono CD14/LYZ, NK GNLY/NKG7, CD8 (naive) T "
     "CD8A/CD8B) that are in their population's top 10; `marker_rank_median` their median "
-    "rank (1 = first). `seconds`: training plus DE (the DE alone in `extra.de_seconds`)."
+    "rank (1 = first). *Each tool's own marker recipe* (`auprc_recipe`, "
+    "`hit_fraction_recipe`; reported beside the headline, which keeps the ranking above): "
+    "gmmvae and scVI, whose DE frames share scvi-tools' layout, by scvi-tools' quick-start "
+    "filter (`lfc_mean > 0`, `bayes_factor > 3`, `non_zeros_proportion1 > 0.1`; the kept "
+    "genes in the ranking above, then the rest); Wilcoxon by `sc.tl.filter_rank_genes_groups` "
+    "at its defaults (in-group fraction >= 0.25, fold change >= 2, out-group fraction <= "
+    "0.5; kept genes by score, then the rest). `tied_at_top`: genes per group with "
+    "`lfc_mean > 0` and `proba_de = 1`, ordered only by the tie-break (mean over groups; "
+    "Bayesian methods). `seconds`: training plus DE (the DE alone in `extra.de_seconds`)."
 )
 
 
@@ -189,13 +210,60 @@ def bayes_ranking(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(score, index=frame.index.astype(str))
 
 
-def bayes_rankings(frame: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
-    """Per group1: the ``primary`` ranking and the ``lfc`` one, of a DE frame in scvi-tools'
-    layout (gmmvae's and scVI's)."""
+def kept_first(score: pd.Series, kept: np.ndarray) -> pd.Series:
+    """``score`` with the ``kept`` genes lifted above all others, each block in its order."""
+    values = score.to_numpy(float)
+    finite = values[np.isfinite(values)]
+    lift = (finite.max() - finite.min() + 1.0) if len(finite) else 1.0
+    return pd.Series(values + np.asarray(kept, dtype=bool) * lift, index=score.index)
+
+
+def scvi_recipe_ranking(frame: pd.DataFrame) -> pd.Series:
+    """scvi-tools' quick-start marker filter (:data:`SCVI_RECIPE`): genes passing every
+    threshold first, in :func:`bayes_ranking` order, then the others."""
+    kept = np.ones(len(frame), dtype=bool)
+    for column, threshold in SCVI_RECIPE.items():
+        kept &= frame[column].to_numpy(float) > threshold
+    return kept_first(bayes_ranking(frame), kept)
+
+
+def bayes_rankings(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per group1 of a DE frame in scvi-tools' layout (gmmvae's and scVI's): the ``primary``
+    ranking, the ``lfc`` one, the ``recipe`` one and ``tied`` (up genes at proba_de = 1)."""
     out = {}
     for group, part in frame.groupby("group1", sort=False):
         lfc = pd.Series(part["lfc_mean"].to_numpy(float), index=part.index.astype(str))
-        out[str(group)] = {"primary": bayes_ranking(part), "lfc": lfc}
+        tied = int(((part["lfc_mean"] > 0) & (part["proba_de"] >= 1.0)).sum())
+        out[str(group)] = {
+            "primary": bayes_ranking(part),
+            "lfc": lfc,
+            "recipe": scvi_recipe_ranking(part),
+            "tied": tied,
+        }
+    return out
+
+
+def wilcoxon_rankings(holder) -> dict[str, dict[str, Any]]:
+    """Per group of ``sc.tl.rank_genes_groups`` on ``holder``: its ``scores``, its
+    ``logfoldchanges`` and the ``recipe`` ranking of ``sc.tl.filter_rank_genes_groups``."""
+    import scanpy as sc
+
+    sc.tl.filter_rank_genes_groups(holder)  # scanpy's defaults
+    out = {}
+    for group in holder.uns["rank_genes_groups"]["names"].dtype.names:
+        table = sc.get.rank_genes_groups_df(holder, group=group)
+        # Same order as the unfiltered table: the filter blanks the names it drops.
+        filtered = sc.get.rank_genes_groups_df(
+            holder, group=group, key="rank_genes_groups_filtered"
+        )
+        table = table.set_index("names")
+        scores = table["scores"].astype(float)
+        out[str(group)] = {
+            "primary": scores,
+            "lfc": table["logfoldchanges"].astype(float),
+            "recipe": kept_first(scores, filtered["names"].notna().to_numpy()),
+            "tied": None,
+        }
     return out
 
 
@@ -232,13 +300,7 @@ def rank(ds, seed: int, method: str, max_epochs: int | None, threads: int):
         trained = time.perf_counter()
         extra = {}
         sc.tl.rank_genes_groups(holder, key, method="wilcoxon")
-        rankings = {}
-        for group in holder.uns["rank_genes_groups"]["names"].dtype.names:
-            table = sc.get.rank_genes_groups_df(holder, group=group).set_index("names")
-            rankings[str(group)] = {
-                "primary": table["scores"].astype(float),
-                "lfc": table["logfoldchanges"].astype(float),
-            }
+        rankings = wilcoxon_rankings(holder)
     else:
         raise ValueError(f"unknown DE method {method!r}; known: {list(METHODS)}")
     extra["de_seconds"] = time.perf_counter() - trained
@@ -269,38 +331,56 @@ def score_simulated(rankings, markers: dict[str, np.ndarray], genes) -> tuple[di
     for t, true in markers.items():
         y = np.isin(genes, true)
         per_type[t] = {
-            "auprc": float(average_precision_score(y, _finite(rankings[t]["primary"], genes))),
-            "auprc_lfc": float(average_precision_score(y, _finite(rankings[t]["lfc"], genes))),
+            f"auprc{suffix}": float(average_precision_score(y, _finite(rankings[t][kind], genes)))
+            for kind, suffix in (("primary", ""), ("lfc", "_lfc"), ("recipe", "_recipe"))
+        }
+        per_type[t] |= {
             "n_true": int(y.sum()),
             "top": top_genes(rankings[t]["primary"]),
+            "tied": rankings[t]["tied"],
         }
-    values = {m: [v[m] for v in per_type.values()] for m in ("auprc", "auprc_lfc")}
-    scores = {
-        "auprc": float(np.mean(values["auprc"])),
-        "auprc_lfc": float(np.mean(values["auprc_lfc"])),
+    metrics = ("auprc", "auprc_lfc", "auprc_recipe")
+    values = {m: [v[m] for v in per_type.values()] for m in metrics}
+    scores = {m: float(np.mean(values[m])) for m in metrics}
+    scores |= {
         "auprc_min": float(np.min(values["auprc"])),
         "prevalence": float(np.mean([v["n_true"] / len(genes) for v in per_type.values()])),
+        "tied_at_top": _mean_tied(rankings),
     }
     return scores, {"per_type": per_type}
 
 
+def _mean_tied(rankings) -> float:
+    """Mean over groups of the up genes at proba_de = 1 (NaN for a method without one)."""
+    tied = [r["tied"] for r in rankings.values() if r.get("tied") is not None]
+    return float(np.mean(tied)) if tied else float("nan")
+
+
 def score_markers(rankings) -> tuple[dict, dict]:
-    """Canonical markers in each population's top 10, and their ranks."""
-    hits, ranks, per_population = [], [], {}
+    """Canonical markers in each population's top 10 (headline and recipe rankings), and
+    their ranks in the headline one."""
+    hits, recipe_hits, ranks, per_population = [], [], [], {}
     for population, ranking in rankings.items():
         order = top_genes(ranking["primary"], len(ranking["primary"]))
-        entry: dict[str, Any] = {"top": order[:TOP]}
+        recipe_top = top_genes(ranking["recipe"])
+        entry: dict[str, Any] = {"top": order[:TOP], "top_recipe": recipe_top}
+        entry["tied"] = ranking.get("tied")
         if population in CANONICAL:
+            canonical = CANONICAL[population]
             position = {g: i + 1 for i, g in enumerate(order)}
-            entry["canonical"] = list(CANONICAL[population])
-            entry["hits"] = [g for g in CANONICAL[population] if g in order[:TOP]]
-            entry["ranks"] = {g: position.get(g) for g in CANONICAL[population]}
-            hits += [g in order[:TOP] for g in CANONICAL[population]]
+            entry["canonical"] = list(canonical)
+            entry["hits"] = [g for g in canonical if g in order[:TOP]]
+            entry["hits_recipe"] = [g for g in canonical if g in recipe_top]
+            entry["ranks"] = {g: position.get(g) for g in canonical}
+            hits += [g in order[:TOP] for g in canonical]
+            recipe_hits += [g in recipe_top for g in canonical]
             ranks += [r for r in entry["ranks"].values() if r is not None]
         per_population[population] = entry
     scores = {
         "hit_fraction": float(np.mean(hits)) if hits else float("nan"),
         "marker_rank_median": float(np.median(ranks)) if ranks else float("nan"),
+        "hit_fraction_recipe": float(np.mean(recipe_hits)) if recipe_hits else float("nan"),
+        "tied_at_top": _mean_tied(rankings),
     }
     return scores, {"per_population": per_population}
 
@@ -323,12 +403,13 @@ def options(ds, method: str, max_epochs: int | None, quick: bool) -> dict[str, A
     """What a row's key records of a method's run."""
     if method == "gmmvae":
         out = methods.gmmvae_options(ds, max_epochs, n_components=ds.n_types)
-        out |= {"de": DE_OPTIONS, "ranking": RANKING}
+        out |= {"de": DE_OPTIONS, "ranking": RANKING, "recipe": SCVI_RECIPE}
     elif method == "scvi":
-        out = methods.scvi_options(ds, max_epochs) | {"de": DE_OPTIONS, "ranking": RANKING}
+        out = methods.scvi_options(ds, max_epochs)
+        out |= {"de": DE_OPTIONS, "ranking": RANKING, "recipe": SCVI_RECIPE}
     else:
         out = {"input": "log1p CP10k", "method": "wilcoxon", "reference": "rest"}
-        out["ranking"] = "scores"
+        out |= {"ranking": "scores", "recipe": WILCOXON_RECIPE}
     if ds.name == "simulated":
         out["simulation"] = QUICK_SIMULATION if quick else SIMULATION
     return out
@@ -406,7 +487,16 @@ def _per_type(sim: pd.DataFrame) -> str:
 
 
 def _per_population(real: pd.DataFrame) -> str:
-    head = ["data", "population", "method", "hits per seed", "top 10 (first seed)"]
+    head = [
+        "data",
+        "population",
+        "method",
+        "hits per seed",
+        "top 10 (first seed)",
+        "recipe: hits per seed",
+        "recipe: top 10 (first seed)",
+        "tied at the top (first seed)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ds, name), group in real.groupby(["dataset", "label"], sort=False):
         group = group.sort_values("seed")
@@ -414,13 +504,19 @@ def _per_population(real: pd.DataFrame) -> str:
         for population in sorted(populations, key=lambda p: (p not in CANONICAL, p)):
             entry = populations[population]
             canonical = set(entry.get("canonical", ()))
-            counts = [
-                str(len(e["per_population"].get(population, {}).get("hits", [])))
-                for e in group["extra"]
-            ]
-            hits = ", ".join(counts) if canonical else "–"
-            top = ", ".join(f"**{g}**" if g in canonical else g for g in entry["top"])
-            lines.append(f"| {ds} | {population} | {name} | {hits} | {top} |")
+            cells = [ds, population, name]
+            for hits_key, top_key in (("hits", "top"), ("hits_recipe", "top_recipe")):
+                counts = [
+                    e["per_population"].get(population, {}).get(hits_key) for e in group["extra"]
+                ]
+                known = canonical and all(c is not None for c in counts)
+                cells.append(", ".join(str(len(c)) for c in counts) if known else "–")
+                top = entry.get(top_key)
+                bold = (f"**{g}**" if g in canonical else g for g in top or ())
+                cells.append(", ".join(bold) if top else "–")
+            tied = entry.get("tied")
+            cells.append("–" if tied is None else str(tied))
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
