@@ -138,6 +138,29 @@ def test_a_module_list_decides_whether_a_new_row_is_current(fingerprints, monkey
     assert not store.is_current({**row, "module_fingerprint": "modules-then"}, "clustering")
 
 
+def test_a_change_to_plotting_alone_leaves_a_row_current(tmp_path, monkeypatch):
+    package = tmp_path / "gmmvae"
+    package.mkdir()
+    then = {"gmmvae/model.py": b"x = 1\n", "gmmvae/plotting_de.py": b"def plot(): pass\n"}
+    for name, body in then.items():
+        (tmp_path / name).write_bytes(body)
+    monkeypatch.setattr(store, "package_dir", lambda: package)
+    monkeypatch.setattr(store, "bench_files", lambda protocol: [])
+    # git at the row's commit holds the files as they were when the row was written
+    monkeypatch.setattr(store, "_blobs_at", lambda commit, paths: [then[p[4:]] for p in paths])
+    modules = tuple(then)
+    row = {"scope": "gmmvae", "fingerprint": "old", "modules": list(modules)}
+    row |= {"module_fingerprint": store._digest(then, prose=False), "dirty": False, "commit": "a"}
+    assert store.is_current(row, "perturbation")
+    (package / "plotting_de.py").write_text("def plot(): return 1\n")  # figures only
+    store.module_fingerprint.cache_clear()
+    assert store.is_current(row, "perturbation")
+    assert not store.is_current({**row, "dirty": True}, "perturbation")  # no commit to read
+    (package / "model.py").write_text("x = 2\n")  # the scores' code
+    store.module_fingerprint.cache_clear()
+    assert not store.is_current(row, "perturbation")
+
+
 def test_loaded_modules_are_package_files_and_name_the_model():
     names = store.loaded_modules()
     assert {"gmmvae/__init__.py", "gmmvae/model.py", "gmmvae/py.typed"} <= set(names)
