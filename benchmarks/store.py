@@ -196,6 +196,13 @@ PRESENTATION_MODULES = frozenset(
 def module_fingerprint(protocol: str, modules: tuple[str, ...]) -> str | None:
     """Code fingerprint (prose left out) of the benchmark files of ``protocol`` and the package
     files named in ``modules``; None when one of those files no longer exists."""
+    contents = _module_contents(protocol, modules)
+    return None if contents is None else _digest(contents, prose=False)
+
+
+def _module_contents(protocol: str, modules) -> dict[str, bytes] | None:
+    """Relative name -> bytes of the benchmark files of ``protocol`` and the package files
+    named in ``modules``, as they are now; None when one of those files no longer exists."""
     contents = {_relative(path): path.read_bytes() for path in bench_files(protocol)}
     base = package_dir().parent
     for name in modules:
@@ -203,7 +210,7 @@ def module_fingerprint(protocol: str, modules: tuple[str, ...]) -> str | None:
         if not path.is_file():
             return None
         contents[name] = path.read_bytes()
-    return _digest(contents, prose=False)
+    return contents
 
 
 def _code_digest(contents: dict[str, bytes], scope: Scope) -> str:
@@ -408,12 +415,9 @@ def _changed_only_presentation(row: dict[str, Any], protocol: str, modules) -> b
         return False
     if not PRESENTATION_MODULES.intersection(modules):
         return False
-    now = {_relative(path): path.read_bytes() for path in bench_files(protocol)}
-    base = package_dir().parent
-    for name in modules:
-        if not (base / name).is_file():
-            return False
-        now[name] = (base / name).read_bytes()
+    now = _module_contents(protocol, modules)
+    if now is None:
+        return False
     names = list(now)
     paths = [n if n.startswith("benchmarks/") else f"src/{n}" for n in names]
     blobs = _blobs_at(row["commit"], paths)
