@@ -24,6 +24,7 @@ over minibatches, draws and the (few) donor types.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,11 +48,13 @@ from gmmvae.options import (
 )
 from gmmvae.response import (
     LOG_SCALE,
+    between_type_draws,
     bootstrap_responses,
     bootstrap_shifts,
     donor_cells,
     donor_weights,
     latent_shifts,
+    leave_one_out_errors,
 )
 from gmmvae.validation import check_obs_key
 
@@ -148,7 +151,9 @@ def _observe(
                 params["mean"] = params["mean"] + delta
             else:
                 lib = params["mu"].sum(-1, keepdim=True)
-                moved = torch.expm1(torch.log1p(params["mu"] / lib * LOG_SCALE) + delta)
+                log_moved = torch.log1p(params["mu"] / lib * LOG_SCALE) + delta
+                # No gene can pass 1e4 per 10k; the cap keeps an extreme response finite.
+                moved = torch.expm1(log_moved.clamp(max=math.log1p(LOG_SCALE)))
                 moved = moved.clamp(min=0.0) + 1e-8
                 params["mu"] = lib * moved / moved.sum(-1, keepdim=True)
         for i in range(n_draws):
@@ -225,10 +230,15 @@ def predict_perturbation(
     interval
         Level of the per-gene interval for the predicted mean expression of these cells
         (log1p CP10k; ``None`` skips it). Each of ``n_interval_draws`` draws resamples the
-        donor types' reference cells with replacement (the uncertainty of the response they
-        lend), draws every cell's z ~ q(z|x,y,c) and its counts, and averages the cells'
-        log1p CP10k; the interval is the draws' central quantiles. It is an interval for the
-        mean of as many cells as were given, so it includes their sampling noise.
+        donor types' reference cells with replacement (how well their response is known),
+        draws every cell's z ~ q(z|x,y,c) and its counts, averages the cells' log1p CP10k
+        and, for cells of a type that borrows its response, adds a draw of how far a type's
+        own response may lie from the one it borrows: Gaussian with the spread of the
+        donors' leave-one-out errors (each donor's decoded response against the others'
+        weighted by ``weighting``), widened to a Student-t prediction interval from that
+        many donors. The interval is the draws' central quantiles: an interval for the mean
+        of as many cells as were given, so it includes their sampling noise. With a single
+        donor type nothing tells how types differ, and the interval leaves that part out.
     n_interval_draws
         Draws behind the interval.
     batch_size
@@ -320,6 +330,11 @@ def _mean_interval(model, cells, move, level, n_draws, rng) -> tuple[np.ndarray,
     :func:`predict_perturbation`'s ``interval``): (lower, upper), each (G,)."""
     query, batches, condition = cells
     scale = np.exp(0.5 * query["logvar"])
+    # Share of the cells whose type borrows its response, per component: each such type
+    # gets its own draw of how far its response lies from the borrowed one.
+    K = model.config.n_components
+    borrowing = np.bincount(query["component"], minlength=K) / len(query["component"])
+    borrowing[move["lenders"]] = 0.0
     means = []
     for _ in range(n_draws):
         z_mean, response = move["resample"](rng)
@@ -328,10 +343,13 @@ def _mean_interval(model, cells, move, level, n_draws, rng) -> tuple[np.ndarray,
             model, z, query["library"], condition, batches, response, n_draws=1, n_mc=0
         )[1][0]
         if model.config.likelihood == "gaussian":
-            means.append(counts.mean(0))
-            continue
-        total = np.maximum(counts.sum(1, keepdims=True), 1.0)
-        means.append(np.log1p(counts / total * LOG_SCALE).mean(0))
+            mean = counts.mean(0)
+        else:
+            total = np.maximum(counts.sum(1, keepdims=True), 1.0)
+            mean = np.log1p(counts / total * LOG_SCALE).mean(0)
+        if move["errors"] is not None:
+            mean = mean + borrowing @ between_type_draws(move["errors"], K, level, rng)
+        means.append(mean)
     tail = (1.0 - level) / 2.0
     lower, upper = np.quantile(np.stack(means), [tail, 1.0 - tail], axis=0)
     return lower.astype(np.float32), upper.astype(np.float32)
@@ -339,9 +357,11 @@ def _mean_interval(model, cells, move, level, n_draws, rng) -> tuple[np.ndarray,
 
 def _movement(model, query, method, weighting, reference, known, src, tgt, batch_size):
     """How the query's cells move to the target: the latent to decode, a response added on
-    the log1p-CP10k scale (``transfer``) and the condition to decode under; donor info."""
+    the log1p-CP10k scale (``transfer``) and the condition to decode under; donor info, the
+    donors' leave-one-out errors and how to resample what they lend (for the interval)."""
     move = {"z_mean": query["mean"], "response": None, "condition": tgt, "info": {}}
     move["resample"] = lambda rng: (query["mean"], None)  # nothing lent, nothing to resample
+    move.update(errors=None, lenders=np.zeros(0, dtype=int))
     if method == "decoder":
         return move
     reference = model.adata if reference is None else reference
@@ -366,7 +386,10 @@ def _movement(model, query, method, weighting, reference, known, src, tgt, batch
             names[k]: donors["weights"][k].round(4).tolist() for k in np.unique(query["component"])
         },
     }
+    move["lenders"] = donors["donors"]
     comp = query["component"]
+    cells = donor_cells(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
+    move["errors"] = leave_one_out_errors(cells, donors)
     if method == "latent_shift":
         move["z_mean"] = query["mean"] + latent_shifts(donors)[comp]
 
@@ -378,7 +401,6 @@ def _movement(model, query, method, weighting, reference, known, src, tgt, batch
         move["resample"] = resample_shift
         return move
     # transfer: the donors' decoder response on top of the cell's own reconstruction
-    cells = donor_cells(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
     own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
     move.update(response=(donors["weights"] @ own)[comp], condition=src)
     move["resample"] = lambda rng: (

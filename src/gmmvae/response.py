@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy import stats
 
 from gmmvae.errors import GMMVAEInputError
 from gmmvae.options import ShiftWeighting
@@ -54,7 +55,9 @@ def donor_weights(
     query's own cells give the centroid of a component where it has them (a held-out type),
     else the reference's.
 
-    Returns ``donors`` (D,), ``weights`` (K, D) and the source/target latent centroids (K, d).
+    Returns ``donors`` (D,), ``weights`` (K, D), ``loo_weights`` (D, D: each donor's
+    weights over the others, by the same rule, as if it were the held-out type) and the
+    source/target latent centroids (K, d).
     """
     K = n_components
     comp = reference["component"]
@@ -71,18 +74,70 @@ def donor_weights(
     q_mean, q_n = _group_means(query["mean"], query["component"], K)
     centroid = np.where(q_n[:, None] > 0, q_mean, mean_src)  # (K, d)
     dist = np.linalg.norm(centroid[:, None, :] - mean_src[donors][None], axis=-1)  # (K, D)
-    dist = np.nan_to_num(dist, nan=np.inf)
-    if weighting == "uniform":
-        weights = np.ones_like(dist)
-    else:
-        nearest = np.maximum(dist.min(1, keepdims=True), 1e-8)
-        with np.errstate(invalid="ignore"):
-            weights = np.exp(-2.0 * (dist / nearest) ** 2)
+    weights = _kernel(np.nan_to_num(dist, nan=np.inf), weighting)
     ok = np.isfinite(weights).all(1, keepdims=True) & (weights.sum(1, keepdims=True) > 0)
     weights = np.where(ok, weights, 1.0)  # a component with no centroid: uniform
     weights = weights / weights.sum(1, keepdims=True)
     weights[donors] = np.eye(len(donors))
-    return {"donors": donors, "weights": weights, "mean_src": mean_src, "mean_tgt": mean_tgt}
+    return {
+        "donors": donors,
+        "weights": weights,
+        "loo_weights": _leave_one_out_weights(mean_src[donors], weighting),
+        "mean_src": mean_src,
+        "mean_tgt": mean_tgt,
+    }
+
+
+def _kernel(dist: np.ndarray, weighting: ShiftWeighting) -> np.ndarray:
+    """Unnormalised donor weights from centroid distances (rows: receivers; an infinite
+    distance weighs nothing)."""
+    if weighting == "uniform":
+        return np.isfinite(dist).astype(float)
+    nearest = np.maximum(dist.min(1, keepdims=True), 1e-8)
+    with np.errstate(invalid="ignore"):
+        return np.exp(-2.0 * (dist / nearest) ** 2)
+
+
+def _leave_one_out_weights(centroids: np.ndarray, weighting: ShiftWeighting) -> np.ndarray:
+    """(D, D): the weights each donor would get over the other donors were its own treated
+    cells unseen, by the same rule as a held-out type's; zero diagonal, rows sum to 1 (all
+    zero with a single donor)."""
+    if len(centroids) < 2:
+        return np.zeros((len(centroids), len(centroids)))
+    dist = np.linalg.norm(centroids[:, None, :] - centroids[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    weights = np.nan_to_num(_kernel(dist, weighting))
+    total = weights.sum(1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+
+
+def leave_one_out_errors(cells: list[tuple[np.ndarray, np.ndarray]], donors) -> np.ndarray:
+    """How far each donor's own decoded response (``cells``, from :func:`donor_cells`) lies
+    from the weighted response of the others, by the rule a held-out type borrows with;
+    (D, G), log1p CP10k. The only evidence at hand of how much a type's response can differ
+    from the one it borrows, whichever way it borrows it: the model has seen the donors
+    treated, so a donor moved by the others' latent shift and decoded would look too good."""
+    own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
+    return own - donors["loo_weights"] @ own
+
+
+def between_type_draws(
+    residuals: np.ndarray, n_draws: int, level: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_draws`` draws of a type's own response minus the one it borrows; (n_draws, ...).
+
+    Gaussian, with the second moment of the donors' leave-one-out residuals, widened by
+    t_nu / z at the interval's ``level`` (nu = D - 1) so that the central ``level`` interval
+    of the draws is a prediction interval from D observed types, as a Student t gives. Zero
+    with fewer than two donors (nothing tells how types differ).
+    """
+    n_donors = len(residuals)
+    if n_donors < 2:
+        return np.zeros((n_draws, *residuals.shape[1:]))
+    upper = (1.0 + level) / 2.0
+    widen = stats.t.ppf(upper, n_donors - 1) / stats.norm.ppf(upper)
+    multipliers = rng.standard_normal((n_draws, n_donors)) * (widen / np.sqrt(n_donors))
+    return (multipliers @ residuals.reshape(n_donors, -1)).reshape(n_draws, *residuals.shape[1:])
 
 
 def latent_shifts(donors: dict[str, np.ndarray]) -> np.ndarray:
