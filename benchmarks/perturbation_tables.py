@@ -222,6 +222,30 @@ def choices_table(frame: pd.DataFrame) -> str | None:
     return "\n".join(lines)
 
 
+def coverage_table(frame: pd.DataFrame) -> str | None:
+    """How often the real mean of the held-out type lies in the 90 % interval (top-100 DEGs)
+    per fixed config: on the inner splits (training types held out in turn; more splits, and
+    none of them scored) and on the outer ones."""
+    rows = frame[frame["method"].isin(proto.CONFIGS)]
+    if rows.empty or "coverage_deg" not in rows:
+        return None
+    inner = rows["task"].str.contains("; inner: ", regex=False)
+    head = ["config", "inner splits", "inner coverage", "outer splits", "outer coverage"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in proto.CONFIGS:
+        cells = [config.removeprefix("gmmvae_")]
+        for part in (rows[inner], rows[~inner]):
+            values = pd.to_numeric(
+                part.loc[part["method"] == config, "coverage_deg"], errors="coerce"
+            ).dropna()
+            cells += [
+                str(len(values)),
+                report.fmt(*report.stats(values), 3) if len(values) else "–",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def wall_hours(frame: pd.DataFrame) -> float:
     """Hours of the rows with each gmmvae training counted once: a fixed-config row (outer or
     inner) carries its model's training, which the nested row already includes."""
@@ -264,6 +288,15 @@ def tables(frame: pd.DataFrame, *, quick: bool = False) -> list[str]:
     if choices:
         title = f"### The nested choice per outer split (inner mean {HEADERS[proto.CRITERION]})"
         text += [title, "", choices, ""]
+    coverage = coverage_table(frame[frame["error"].isna()])
+    if coverage:
+        text += [
+            "### Is the 90 % interval calibrated? (share of the top-100 DEGs whose real mean "
+            "it holds; mean ± sd over splits)",
+            "",
+            coverage,
+            "",
+        ]
     if main:
         text += ["### Every score per held-out type", "", record_table(ok, main, proto.METRICS)]
         sampled = ok[ok["method"].str.startswith("gmmvae")]
