@@ -238,7 +238,8 @@ def predict_perturbation(
         weighted by ``weighting``), widened to a Student-t prediction interval from that
         many donors. The interval is the draws' central quantiles: an interval for the mean
         of as many cells as were given, so it includes their sampling noise. With a single
-        donor type nothing tells how types differ, and the interval leaves that part out.
+        donor type nothing tells how types differ, and the interval leaves that part out;
+        ``method="decoder"`` borrows nothing, so its interval has only the other parts.
     n_interval_draws
         Draws behind the interval.
     batch_size
