@@ -29,7 +29,12 @@ from benchmarks.protocols import Settings, Unit, augmentation, single, stratifie
 NAME = "synthetic"
 TITLE = "Synthetic cells: held-out real vs generated"
 DATASETS = ("kang", "zheng_fine")
-GENERATORS = ("gmmvae", "scvi_ppc", "scvi_prior", "real_vs_real")
+GENERATORS = ("gmmvae", "gmmvae_ppc", "gmmvae_prior", "scvi_ppc", "scvi_prior", "real_vs_real")
+# gmmvae's other two samplers, from the same training: the like of each scVI row.
+NAMES = {
+    "gmmvae_ppc": "gmmvae posterior predictive",
+    "gmmvae_prior": "gmmvae prior samples",
+}
 METHODS = (*GENERATORS, *augmentation.METHODS[1:])  # gmmvae is in both tasks
 METRICS = ("c2st_auc", "mmd", "mean_r", "var_r", "marker_overlap", "n_real")
 HEADLINE = "c2st_auc"
@@ -41,7 +46,7 @@ HELD_OUT = 0.3
 MIN_CELLS = 40  # per-type rows for types with at least this many held-out cells
 QUICK_MIN_CELLS = 10
 N_MARKERS = 20
-TRAINED = ("gmmvae", "scvi_ppc", "scvi_prior")
+TRAINED = ("gmmvae", "gmmvae_ppc", "gmmvae_prior", "scvi_ppc", "scvi_prior")
 DESCRIPTION = (
     "Per seed a stratified 30 % of the cells (by type; Kang: by type and condition) is held "
     "out; every generator trains on the other 70 % and makes, for each type (Kang: each type "
@@ -53,11 +58,16 @@ DESCRIPTION = (
     "fitted to the training cells of the type under the condition (latent means, log "
     "library), counts from the NB likelihood with a per-gene dispersion refitted to the "
     "training cells at their latent means (rows from before 2026-12-02: one Gaussian per "
-    "type, the decoder's learned dispersion). scVI: "
+    "type, the decoder's learned dispersion). From the same gmmvae training: *gmmvae "
+    "posterior predictive*, `model.posterior_predictive_sample(train, indices=...)` on the "
+    "same training cells as scVI's row below (z ~ q(z|x,y), the decoder's learned "
+    "dispersion; beside scVI's it compares the two noise models with z taken from real "
+    "cells), and *gmmvae prior samples*, `generate(..., latent='prior')` (z ~ p(z|y)). scVI: "
     "`SCVI.setup_anndata(train, batch_key='condition')` (Kang; no batch on Zheng), `SCVI(train)`"
     " trained with its defaults (ZINB). *scVI posterior predictive*: "
     "`posterior_predictive_sample(indices=..., n_samples=1)` on n training cells of the type "
-    "(and condition), drawn without replacement unless the type has fewer than n: a noisy "
+    "(and condition), drawn without replacement unless the type has fewer than n (rows from "
+    "before 2026-12-07: drawn with another random stream): a noisy "
     "reconstruction of real training cells, z ~ q(z|x). *scVI prior samples*: scVI has no "
     "per-type prior, so z ~ N(0, I) is decoded by `model.module.generative(z, log(l), "
     "condition)` with library sizes l drawn from the type's (and condition's) training cells "
@@ -128,16 +138,36 @@ def run_gmmvae(ds, train, wanted, seed: int, max_epochs) -> dict[str, Any]:
         labels_key=ds.labels_key,
         condition_key=condition_key(ds),
     )
-    parts, types = [], []
-    for i, (cond, plan) in enumerate(wanted.items()):
-        # a distinct seed per call: the same seed would reuse the same noise across calls
-        syn = model.generate(plan, condition=cond, seed=seed * 1000 + i)
-        parts.append(syn.layers["counts"].toarray())
-        types.append(syn.obs["gmmvae_label"].astype(str).to_numpy())
-    return {
-        "gmmvae": (np.vstack(parts), np.concatenate(types)),
-        "epochs": methods.gmmvae_extra(model)["epochs"],
-    }
+    out: dict[str, Any] = {"epochs": methods.gmmvae_extra(model)["epochs"]}
+    for method, latent in (("gmmvae", "embedding"), ("gmmvae_prior", "prior")):
+        parts, types = [], []
+        for i, (cond, plan) in enumerate(wanted.items()):
+            # a distinct seed per call: the same seed would reuse the same noise across calls
+            syn = model.generate(plan, condition=cond, latent=latent, seed=seed * 1000 + i)
+            parts.append(syn.layers["counts"].toarray())
+            types.append(syn.obs["gmmvae_label"].astype(str).to_numpy())
+        out[method] = (np.vstack(parts), np.concatenate(types))
+    # Posterior predictive of training cells of the type, picked as for scVI's.
+    chosen, labels = training_cells(ds, train, wanted, seed)
+    sample = model.posterior_predictive_sample(train, indices=chosen, seed=seed)
+    out["gmmvae_ppc"] = (sample.toarray(), labels)
+    return out
+
+
+def training_cells(ds, train, wanted, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (condition, type) of ``wanted``, that many training cells of the type under the
+    condition, without replacement unless it has fewer; (positions, their types)."""
+    rng = np.random.default_rng(seed)
+    key = condition_key(ds) or ds.batch_key
+    types = train.obs[ds.labels_key].astype(str).to_numpy()
+    conds = train.obs[key].astype(str).to_numpy() if key else np.full(train.n_obs, "")
+    chosen, labels = [], []
+    for cond, plan in wanted.items():
+        for cell_type, n in plan.items():
+            pool = np.flatnonzero((types == cell_type) & (conds == (cond or "")))
+            chosen.append(np.sort(rng.choice(pool, n, replace=n > len(pool))))
+            labels.append(np.full(n, cell_type))
+    return np.concatenate(chosen), np.concatenate(labels)
 
 
 def run_scvi(ds, train, wanted, seed: int, max_epochs, threads: int) -> dict[str, Any]:
@@ -150,29 +180,28 @@ def run_scvi(ds, train, wanted, seed: int, max_epochs, threads: int) -> dict[str
     scvi.model.SCVI.setup_anndata(train, batch_key=key)
     model = scvi.model.SCVI(train, gene_likelihood=ds.scvi_likelihood)
     epochs = methods._train(model, max_epochs, methods.scvi_batch_size(train.n_obs))
-    rng = np.random.default_rng(seed)
+    # The same training cells as gmmvae's posterior predictive row.
+    chosen, labels = training_cells(ds, train, wanted, seed)
+    sample = model.posterior_predictive_sample(indices=chosen, n_samples=1)
+    ppc = np.asarray(sample.todense(), dtype=np.float32).reshape(len(chosen), -1)
+    rng = np.random.default_rng(seed + 1)  # library sizes of the prior samples
     types = train.obs[ds.labels_key].astype(str).to_numpy()
     conds = train.obs[key].astype(str).to_numpy() if key else np.full(train.n_obs, "")
     library = np.asarray(train.X.sum(1)).ravel()
     batch_codes = (
         list(model.adata_manager.get_state_registry("batch").categorical_mapping) if key else [""]
     )
-    ppc, prior, labels = [], [], []
+    prior = []
     calls = 0  # a distinct seed per prior draw: z ~ N(0, I) must not repeat across types
     for cond, plan in wanted.items():
         for cell_type, n in plan.items():
             pool = np.flatnonzero((types == cell_type) & (conds == (cond or "")))
-            chosen = np.sort(rng.choice(pool, n, replace=n > len(pool)))
-            sample = model.posterior_predictive_sample(indices=chosen, n_samples=1)
-            ppc.append(np.asarray(sample.todense(), dtype=np.float32).reshape(n, -1))
             code = batch_codes.index(cond) if key else 0
             lib = library[rng.choice(pool, n, replace=True)]
             prior.append(scvi_prior_sample(model, lib, code, seed * 1000 + calls, torch))
             calls += 1
-            labels.append(np.full(n, cell_type))
-    labels = np.concatenate(labels)
     return {
-        "scvi_ppc": (np.vstack(ppc), labels),
+        "scvi_ppc": (ppc, labels),
         "scvi_prior": (np.vstack(prior), labels),
         "epochs": epochs,
     }
@@ -206,7 +235,7 @@ def synthetic_cells(ds, seed: int, method: str, max_epochs, threads: int) -> dic
     (dataset, seed, generator, epochs) and kept for the per-type units that follow."""
     from gmmvae import metrics
 
-    trainer = "scvi" if method.startswith("scvi") else method
+    trainer = next((t for t in ("scvi", "gmmvae") if method.startswith(t)), method)
     key = (ds.name, ds.adata.n_obs, seed, trainer, max_epochs)
     if key not in _CACHE:
         _CACHE.clear()
@@ -309,13 +338,18 @@ def options(ds, method: str, max_epochs) -> dict[str, Any]:
         "held_out": HELD_OUT,
         "stratified_by": "type, condition" if condition_key(ds) else "type",
     }
-    if method == "gmmvae":
+    if method.startswith("gmmvae"):
+        sampling = {
+            "gmmvae": "model.generate (latent='embedding'), empirical library sizes",
+            "gmmvae_prior": "model.generate (latent='prior'), empirical library sizes",
+            "gmmvae_ppc": "model.posterior_predictive_sample of training cells of the type",
+        }[method]
         return {
             **methods.gmmvae_options(
                 ds, max_epochs, labels_key=ds.labels_key, condition_key=condition_key(ds)
             ),
             **split,
-            "sampling": "model.generate (latent='embedding'), empirical library sizes",
+            "sampling": sampling,
         }
     if method in ("scvi_ppc", "scvi_prior"):
         sampling = {
