@@ -154,17 +154,23 @@ def run_gmmvae(ds, train, wanted, seed: int, max_epochs) -> dict[str, Any]:
     return out
 
 
+def _pool(ds, train, cell_type: str, cond: str | None) -> np.ndarray:
+    """Positions of the training cells of ``cell_type`` under ``cond`` (any, without one)."""
+    key = condition_key(ds) or ds.batch_key
+    cells = train.obs[ds.labels_key].astype(str).to_numpy() == cell_type
+    if key:
+        cells &= train.obs[key].astype(str).to_numpy() == (cond or "")
+    return np.flatnonzero(cells)
+
+
 def training_cells(ds, train, wanted, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per (condition, type) of ``wanted``, that many training cells of the type under the
     condition, without replacement unless it has fewer; (positions, their types)."""
     rng = np.random.default_rng(seed)
-    key = condition_key(ds) or ds.batch_key
-    types = train.obs[ds.labels_key].astype(str).to_numpy()
-    conds = train.obs[key].astype(str).to_numpy() if key else np.full(train.n_obs, "")
     chosen, labels = [], []
     for cond, plan in wanted.items():
         for cell_type, n in plan.items():
-            pool = np.flatnonzero((types == cell_type) & (conds == (cond or "")))
+            pool = _pool(ds, train, cell_type, cond)
             chosen.append(np.sort(rng.choice(pool, n, replace=n > len(pool))))
             labels.append(np.full(n, cell_type))
     return np.concatenate(chosen), np.concatenate(labels)
@@ -185,8 +191,6 @@ def run_scvi(ds, train, wanted, seed: int, max_epochs, threads: int) -> dict[str
     sample = model.posterior_predictive_sample(indices=chosen, n_samples=1)
     ppc = np.asarray(sample.todense(), dtype=np.float32).reshape(len(chosen), -1)
     rng = np.random.default_rng(seed + 1)  # library sizes of the prior samples
-    types = train.obs[ds.labels_key].astype(str).to_numpy()
-    conds = train.obs[key].astype(str).to_numpy() if key else np.full(train.n_obs, "")
     library = np.asarray(train.X.sum(1)).ravel()
     batch_codes = (
         list(model.adata_manager.get_state_registry("batch").categorical_mapping) if key else [""]
@@ -195,7 +199,7 @@ def run_scvi(ds, train, wanted, seed: int, max_epochs, threads: int) -> dict[str
     calls = 0  # a distinct seed per prior draw: z ~ N(0, I) must not repeat across types
     for cond, plan in wanted.items():
         for cell_type, n in plan.items():
-            pool = np.flatnonzero((types == cell_type) & (conds == (cond or "")))
+            pool = _pool(ds, train, cell_type, cond)
             code = batch_codes.index(cond) if key else 0
             lib = library[rng.choice(pool, n, replace=True)]
             prior.append(scvi_prior_sample(model, lib, code, seed * 1000 + calls, torch))
