@@ -55,6 +55,7 @@ from gmmvae.response import (
     donor_weights,
     latent_shifts,
     leave_one_out_errors,
+    observed_responses,
 )
 from gmmvae.validation import check_obs_key
 
@@ -234,12 +235,14 @@ def predict_perturbation(
         draws every cell's z ~ q(z|x,y,c) and its counts, averages the cells' log1p CP10k
         and, for cells of a type that borrows its response, adds a draw of how far a type's
         own response may lie from the one it borrows: Gaussian with the spread of the
-        donors' leave-one-out errors (each donor's decoded response against the others'
-        weighted by ``weighting``), widened to a Student-t prediction interval from that
-        many donors. The interval is the draws' central quantiles: an interval for the mean
-        of as many cells as were given, so it includes their sampling noise. With a single
-        donor type nothing tells how types differ, and the interval leaves that part out;
-        ``method="decoder"`` borrows nothing, so its interval has only the other parts.
+        donors' leave-one-out errors (each donor's observed response, its treated minus its
+        control cells' mean log1p CP10k, against the others' decoded responses weighted by
+        ``weighting``: what the model would lend it), widened to a Student-t prediction
+        interval from that many donors. The interval is
+        the draws' central quantiles: an interval for the mean of as many cells as were
+        given, so it includes their sampling noise. With a single donor type nothing tells
+        how types differ, and the interval leaves that part out; ``method="decoder"``
+        borrows nothing, so its interval has only the other parts.
     n_interval_draws
         Draws behind the interval.
     batch_size
@@ -390,7 +393,12 @@ def _movement(model, query, method, weighting, reference, known, src, tgt, batch
     move["lenders"] = donors["donors"]
     comp = query["component"]
     cells = donor_cells(model, ref, ref_conditions, ref_data.batches.numpy(), donors, src)
-    move["errors"] = leave_one_out_errors(cells, donors)
+    own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
+    log_scale = model.config.likelihood != "gaussian"
+    observed = observed_responses(
+        ref_data, ref["component"], ref_conditions, donors, src, log_scale=log_scale
+    )
+    move["errors"] = leave_one_out_errors(observed, donors, lent=own)
     if method == "latent_shift":
         move["z_mean"] = query["mean"] + latent_shifts(donors)[comp]
 
@@ -402,7 +410,6 @@ def _movement(model, query, method, weighting, reference, known, src, tgt, batch
         move["resample"] = resample_shift
         return move
     # transfer: the donors' decoder response on top of the cell's own reconstruction
-    own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
     move.update(response=(donors["weights"] @ own)[comp], condition=src)
     move["resample"] = lambda rng: (
         query["mean"],

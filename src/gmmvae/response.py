@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from gmmvae.data import CellData, make_loader
 from gmmvae.errors import GMMVAEInputError
 from gmmvae.options import ShiftWeighting
 
@@ -111,14 +112,55 @@ def _leave_one_out_weights(centroids: np.ndarray, weighting: ShiftWeighting) -> 
     return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
 
 
-def leave_one_out_errors(cells: list[tuple[np.ndarray, np.ndarray]], donors) -> np.ndarray:
-    """How far each donor's own decoded response (``cells``, from :func:`donor_cells`) lies
-    from the weighted response of the others, by the rule a held-out type borrows with;
-    (D, G), log1p CP10k. The only evidence at hand of how much a type's response can differ
-    from the one it borrows, whichever way it borrows it: the model has seen the donors
-    treated, so a donor moved by the others' latent shift and decoded would look too good."""
-    own = np.stack([treated.mean(0) - control.mean(0) for treated, control in cells])
-    return own - donors["loo_weights"] @ own
+def observed_responses(
+    data: CellData,
+    components: np.ndarray,
+    conditions: np.ndarray,
+    donors: dict[str, np.ndarray],
+    source: int,
+    *,
+    log_scale: bool = True,
+    chunk: int = 2048,
+) -> np.ndarray:
+    """Each donor's observed response: the mean log1p CP10k of its target cells minus that of
+    its source cells (a Gaussian model's values as given, ``log_scale=False``); (D, G).
+
+    One pass over the reference counts, nothing decoded: these are the data the benchmark's
+    truth is made of, noise of a finite number of cells included.
+    """
+    idx = donors["donors"]
+    position = np.full(int(components.max(initial=-1)) + 1, -1)
+    position[idx] = np.arange(len(idx))
+    target = conditions == donors["target"]
+    group = np.where(target | (conditions == source), position[components] * 2 + target, -1)
+    group[position[components] < 0] = -1
+    sums = counts = None
+    start = 0
+    for batch in make_loader(data, chunk, shuffle=False):
+        x = batch["x"].numpy().astype(np.float64)
+        part = group[start : start + len(x)]
+        start += len(x)
+        if log_scale:
+            x = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1.0) * LOG_SCALE)
+        keep = part >= 0
+        if sums is None:
+            sums, counts = np.zeros((2 * len(idx), x.shape[1])), np.zeros(2 * len(idx))
+        np.add.at(sums, part[keep], x[keep])
+        counts += np.bincount(part[keep], minlength=2 * len(idx))
+    means = (sums / np.maximum(counts, 1.0)[:, None]).reshape(len(idx), 2, -1)
+    return means[:, 1] - means[:, 0]
+
+
+def leave_one_out_errors(
+    own: np.ndarray, donors: dict[str, np.ndarray], lent: np.ndarray | None = None
+) -> np.ndarray:
+    """How far each donor's own response ``own`` (D, G) lies from what it would borrow from
+    the others, their ``lent`` responses (default ``own``) weighted by the rule a held-out
+    type borrows with; (D, G). The only evidence at hand of how much a type's response can
+    differ from the one it borrows. With ``own`` observed (:func:`observed_responses`) and
+    ``lent`` decoded, an error holds what a held-out type's does: how types differ, the
+    model's error on the responses it lends, and the noise of a finite number of cells."""
+    return own - donors["loo_weights"] @ (own if lent is None else lent)
 
 
 def between_type_draws(
