@@ -224,8 +224,23 @@ def test_cli_perturb(held_out, tmp_path):
     assert result.exit_code == 1 and "known ones are ['control', 'stimulated']" in message
     result = runner.invoke(app, [*args, "--force", "--method", "decoder", "--seed", "3"])
     assert result.exit_code == 0, result.output
+    shift = [
+        "--method",
+        "latent_shift",
+        "--weighting",
+        "uniform",
+        "--reference",
+        str(reference_path),
+    ]
+    result = runner.invoke(app, [*args, "--force", *shift])
+    assert result.exit_code == 0, result.output
+    params = ad.read_h5ad(out).uns["gmmvae"]["params"]
+    assert (params["method"], params["weighting"]) == ("latent_shift", "uniform")
+    result = runner.invoke(app, [*args, "--force", "--weighting", "nearest"])
+    assert result.exit_code == 2  # not a choice: a usage error
     help_text = runner.invoke(app, ["perturb", "--help"]).output
-    for option in ("--target", "--source", "--n-samples", "--seed", "--force", "--reference"):
+    options = ("--target", "--source", "--n-samples", "--seed", "--force", "--reference")
+    for option in (*options, "--weighting", "--interval"):
         assert option in help_text
 
 

@@ -21,10 +21,12 @@ from gmmvae.options import (
     DEFAULT_LIKELIHOOD,
     DEFAULT_PERTURBATION_METHOD,
     DEFAULT_PLACEMENT,
+    DEFAULT_SHIFT_WEIGHTING,
     GENERATION_LATENTS,
     LIKELIHOODS,
     PERTURBATION_METHODS,
     PLACEMENTS,
+    SHIFT_WEIGHTINGS,
     VARIANTS,
 )
 
@@ -59,10 +61,12 @@ VariantChoice = _choices("VariantChoice", VARIANTS)
 PlacementChoice = _choices("PlacementChoice", PLACEMENTS)
 PerturbMethod = _choices("PerturbMethod", PERTURBATION_METHODS)
 LatentChoice = _choices("LatentChoice", GENERATION_LATENTS)
+WeightingChoice = _choices("WeightingChoice", SHIFT_WEIGHTINGS)
 DEFAULT_LIKELIHOOD_CHOICE = LikelihoodChoice(DEFAULT_LIKELIHOOD)
 DEFAULT_PLACEMENT_CHOICE = PlacementChoice(DEFAULT_PLACEMENT)
 DEFAULT_PERTURB_METHOD = PerturbMethod(DEFAULT_PERTURBATION_METHOD)
 DEFAULT_LATENT_CHOICE = LatentChoice(DEFAULT_GENERATION_LATENT)
+DEFAULT_WEIGHTING_CHOICE = WeightingChoice(DEFAULT_SHIFT_WEIGHTING)
 
 
 def _quiet_lightning() -> None:
@@ -739,6 +743,14 @@ def perturb(
             "from which transfer and latent_shift take the treatment response."
         ),
     ] = None,
+    weighting: Annotated[
+        WeightingChoice,
+        typer.Option(
+            help="How a type never seen under --target weighs the types it borrows the "
+            "response from (transfer, latent_shift): similarity (a kernel of latent-centroid "
+            "distance, the nearest weighs most) or uniform (every type the same, as scGen)."
+        ),
+    ] = DEFAULT_WEIGHTING_CHOICE,
     seed: Annotated[int, typer.Option(help="Random seed of the sampled counts.")] = 0,
     interval: Annotated[
         float,
@@ -777,6 +789,7 @@ def perturb(
             seed=seed,
             method=method.value,
             reference=ref,
+            weighting=weighting.value,
             interval=interval or None,
         )
         predicted.write_h5ad(out)
