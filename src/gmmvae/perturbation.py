@@ -238,11 +238,11 @@ def predict_perturbation(
         donors' leave-one-out errors (each donor's observed response, its treated minus its
         control cells' mean log1p CP10k, against the others' decoded responses weighted by
         ``weighting``: what the model would lend it), widened to a Student-t prediction
-        interval from that many donors. The interval is
-        the draws' central quantiles: an interval for the mean of as many cells as were
-        given, so it includes their sampling noise. With a single donor type nothing tells
-        how types differ, and the interval leaves that part out; ``method="decoder"``
-        borrows nothing, so its interval has only the other parts.
+        interval from that many donors. The interval is the draws' central quantiles: an
+        interval for the mean of as many cells as were given, so it includes their sampling
+        noise. With a single donor type nothing tells how types differ, and the interval
+        leaves that part out; ``method="decoder"`` borrows nothing, so its interval has only
+        the other parts.
     n_interval_draws
         Draws behind the interval.
     batch_size
